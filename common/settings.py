@@ -1,0 +1,244 @@
+"""The one place that reads the environment.
+
+Every setting has a development default so `make run` works on a bare machine; production
+refuses to start on a missing or placeholder secret, naming the variable but never its value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from urllib.parse import quote
+
+APP_ENVS = ("development", "test", "production")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Values that mean "nobody chose a secret yet". Checked case-insensitively.
+_PLACEHOLDERS = frozenset(
+    {"", "changeme", "change-me", "change_me", "secret", "password", "placeholder", "todo", "xxx"}
+)
+_DEV_PREFIX = "dev-"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed. The message names the variable, never its value."""
+
+
+class Secret:
+    """A string whose repr and str hide the value, so it cannot leak through a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def is_placeholder(self) -> bool:
+        value = self._value.strip().lower()
+        return value in _PLACEHOLDERS or value.startswith(_DEV_PREFIX) or "change-me" in value
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str = "development"
+    log_level: str = "info"
+
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_database: str = "crm"
+    pg_user: str = "app_user"
+    pg_password: Secret = field(default_factory=lambda: Secret("dev-app-user-change-me"))
+    pg_sslmode: str = "prefer"
+    pg_admin_user: str = "app_admin"
+    pg_admin_password: Secret = field(default_factory=lambda: Secret("dev-app-admin-change-me"))
+    pg_readonly_password: Secret = field(default_factory=lambda: Secret("dev-readonly-change-me"))
+    pg_superuser_url: Secret = field(
+        default_factory=lambda: Secret("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+
+    jwt_secret: Secret = field(default_factory=lambda: Secret("dev-jwt-secret-change-me"))
+    dev_signature_bypass: bool = False
+    hmac_secrets_instantly: tuple[Secret, ...] = (Secret("dev-instantly-secret-change-me"),)
+    hmac_secrets_calcom: tuple[Secret, ...] = (Secret("dev-calcom-secret-change-me"),)
+
+    idempotency_ttl_seconds: int = 7 * 24 * 3600
+    max_body_bytes: int = 1_048_576
+    ingest_port: int = 8000
+    worker_concurrency: int = 2
+    # Must exceed the longest a task can run plus its longest retry countdown, or the broker
+    # redelivers a message a live worker still holds (the durable guard keeps that harmless).
+    broker_visibility_timeout: int = 3600
+    task_max_retries: int = 14
+    task_retry_backoff_max: int = 600
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    def pg_url(self, *, admin: bool = False, database: str | None = None) -> str:
+        user = self.pg_admin_user if admin else self.pg_user
+        password = (self.pg_admin_password if admin else self.pg_password).get()
+        return _pg_url(
+            user=user,
+            password=password,
+            host=self.pg_host,
+            port=self.pg_port,
+            database=database or self.pg_database,
+            sslmode=self.pg_sslmode,
+        )
+
+
+def _pg_url(*, user: str, password: str, host: str, port: int, database: str, sslmode: str) -> str:
+    auth = quote(user, safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    return (
+        f"postgresql+psycopg2://{auth}@{host}:{port}/{quote(database, safe='')}?sslmode={sslmode}"
+    )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}")
+    return value
+
+
+def _secret(env: Mapping[str, str], name: str, default: Secret) -> Secret:
+    return Secret(env[name]) if name in env else default
+
+
+def _psycopg2_url(secret: Secret) -> Secret:
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+    url = secret.get()
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return Secret("postgresql+psycopg2://" + url.removeprefix(scheme))
+    return secret
+
+
+def _secret_list(
+    env: Mapping[str, str], name: str, default: tuple[Secret, ...]
+) -> tuple[Secret, ...]:
+    if name not in env:
+        return default
+    return tuple(Secret(part.strip()) for part in env[name].split(",") if part.strip())
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the environment. Raises SettingsError naming the bad variable."""
+    env = os.environ if env is None else env
+    base = Settings()
+    redis_url = env.get("REDIS_URL", "").strip() or base.redis_url
+    settings = Settings(
+        app_env=_choice(env, "APP_ENV", base.app_env, APP_ENVS),
+        log_level=_choice(env, "LOG_LEVEL", base.log_level, LOG_LEVELS),
+        pg_host=env.get("PG_HOST", "").strip() or base.pg_host,
+        pg_port=_int(env, "PG_PORT", base.pg_port, minimum=1),
+        pg_database=env.get("PG_DATABASE", "").strip() or base.pg_database,
+        pg_user=env.get("PG_USER", "").strip() or base.pg_user,
+        pg_password=_secret(env, "PG_PASSWORD", base.pg_password),
+        pg_sslmode=env.get("PG_SSLMODE", "").strip() or base.pg_sslmode,
+        pg_admin_user=env.get("PG_ADMIN_USER", "").strip() or base.pg_admin_user,
+        pg_admin_password=_secret(env, "PG_ADMIN_PASSWORD", base.pg_admin_password),
+        pg_readonly_password=_secret(env, "PG_READONLY_PASSWORD", base.pg_readonly_password),
+        pg_superuser_url=_psycopg2_url(_secret(env, "PG_SUPERUSER_URL", base.pg_superuser_url)),
+        redis_url=redis_url,
+        celery_broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
+        jwt_secret=_secret(env, "JWT_SECRET", base.jwt_secret),
+        dev_signature_bypass=_bool(env, "DEV_SIGNATURE_BYPASS", base.dev_signature_bypass),
+        hmac_secrets_instantly=_secret_list(
+            env, "HMAC_SHARED_SECRET_INSTANTLY", base.hmac_secrets_instantly
+        ),
+        hmac_secrets_calcom=_secret_list(
+            env, "HMAC_SHARED_SECRET_CALCOM", base.hmac_secrets_calcom
+        ),
+        idempotency_ttl_seconds=_int(
+            env, "IDEMPOTENCY_TTL_SECONDS", base.idempotency_ttl_seconds, minimum=1
+        ),
+        max_body_bytes=_int(env, "MAX_BODY_BYTES", base.max_body_bytes, minimum=1),
+        ingest_port=_int(env, "INGEST_PORT", base.ingest_port, minimum=1),
+        worker_concurrency=_int(env, "WORKER_CONCURRENCY", base.worker_concurrency, minimum=1),
+        broker_visibility_timeout=_int(
+            env, "BROKER_VISIBILITY_TIMEOUT", base.broker_visibility_timeout, minimum=1
+        ),
+        task_max_retries=_int(env, "TASK_MAX_RETRIES", base.task_max_retries),
+        task_retry_backoff_max=_int(
+            env, "TASK_RETRY_BACKOFF_MAX", base.task_retry_backoff_max, minimum=1
+        ),
+    )
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.task_retry_backoff_max >= settings.broker_visibility_timeout:
+        raise SettingsError("TASK_RETRY_BACKOFF_MAX must be below BROKER_VISIBILITY_TIMEOUT")
+    if not settings.is_production:
+        return
+    if settings.dev_signature_bypass:
+        raise SettingsError("DEV_SIGNATURE_BYPASS=true is refused when APP_ENV=production")
+    single = {
+        "JWT_SECRET": settings.jwt_secret,
+        "PG_PASSWORD": settings.pg_password,
+        "PG_ADMIN_PASSWORD": settings.pg_admin_password,
+        "PG_READONLY_PASSWORD": settings.pg_readonly_password,
+    }
+    for name, secret in single.items():
+        if secret.is_placeholder():
+            raise SettingsError(f"{name} is missing or a placeholder; set a real secret")
+    lists = {
+        "HMAC_SHARED_SECRET_INSTANTLY": settings.hmac_secrets_instantly,
+        "HMAC_SHARED_SECRET_CALCOM": settings.hmac_secrets_calcom,
+    }
+    for name, secrets in lists.items():
+        if not secrets or any(secret.is_placeholder() for secret in secrets):
+            raise SettingsError(f"{name} is missing or holds a placeholder; set a real secret")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,148 @@
+"""common.settings: defaults that run locally, production that refuses to start unsafe, and
+errors that name the variable but never show its value."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.settings import Secret, Settings, SettingsError, load_settings
+
+PRODUCTION = {
+    "APP_ENV": "production",
+    "JWT_SECRET": "Zq4mW8rT1vX7nB3kL9pS2dF6hJ0gY5cE",
+    "PG_PASSWORD": "Vn7Qe2Lr9Tx4Mb8Kc1Wz",
+    "PG_ADMIN_PASSWORD": "Hs3Jd8Pf1Ga6Ry0Ut5Io",
+    "PG_READONLY_PASSWORD": "Rb4Nc8Vm2Xk6Lq0Wt3Ez",
+    "HMAC_SHARED_SECRET_INSTANTLY": "Kf82hsQm1Lz0Xc7Vb4Nw,Mz6Rt2Yw9Qa3Ls7Dp",
+    "HMAC_SHARED_SECRET_CALCOM": "Pt5Yr9Ue3Wq7Io1As6Df",
+}
+
+
+def _refused(env: dict[str, str]) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    return str(caught.value)
+
+
+def test_defaults_load_in_development() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.app_env == "development"
+    assert not settings.is_production
+    assert (settings.pg_database, settings.pg_user, settings.pg_admin_user) == (
+        "crm",
+        "app_user",
+        "app_admin",
+    )
+    assert settings.max_body_bytes == 1_048_576
+    assert settings.ingest_port == 8000
+    assert settings.dev_signature_bypass is False
+    assert settings.celery_broker_url == settings.redis_url
+
+
+def test_a_real_production_environment_loads() -> None:
+    settings = load_settings(PRODUCTION)
+    assert settings.is_production
+    assert [secret.get() for secret in settings.hmac_secrets_instantly] == [
+        "Kf82hsQm1Lz0Xc7Vb4Nw",
+        "Mz6Rt2Yw9Qa3Ls7Dp",
+    ]
+
+
+def test_broker_url_follows_redis_url_unless_set() -> None:
+    assert load_settings({"REDIS_URL": "redis://cache:6379/3"}).celery_broker_url == (
+        "redis://cache:6379/3"
+    )
+    explicit = load_settings({"REDIS_URL": "redis://a/0", "CELERY_BROKER_URL": "redis://b/1"})
+    assert explicit.celery_broker_url == "redis://b/1"
+
+
+def test_production_refuses_the_signature_bypass() -> None:
+    message = _refused({**PRODUCTION, "DEV_SIGNATURE_BYPASS": "true"})
+    assert "DEV_SIGNATURE_BYPASS" in message
+
+
+def test_development_allows_the_signature_bypass() -> None:
+    assert load_settings({"DEV_SIGNATURE_BYPASS": "true"}).dev_signature_bypass is True
+
+
+@pytest.mark.parametrize("placeholder", ["changeme", "dev-jwt-secret-q7", "my-change-me-key", ""])
+def test_production_refuses_a_placeholder_jwt_secret(placeholder: str) -> None:
+    message = _refused({**PRODUCTION, "JWT_SECRET": placeholder})
+    assert "JWT_SECRET" in message
+    if placeholder:
+        assert placeholder not in message
+
+
+def test_production_refuses_the_default_jwt_secret_when_unset() -> None:
+    env = {name: value for name, value in PRODUCTION.items() if name != "JWT_SECRET"}
+    assert "JWT_SECRET" in _refused(env)
+
+
+@pytest.mark.parametrize("name", ["HMAC_SHARED_SECRET_INSTANTLY", "HMAC_SHARED_SECRET_CALCOM"])
+def test_production_refuses_a_missing_hmac_secret(name: str) -> None:
+    unset = {key: value for key, value in PRODUCTION.items() if key != name}
+    assert name in _refused(unset)
+    assert name in _refused({**PRODUCTION, name: " , "})
+
+
+def test_production_refuses_a_placeholder_among_rotated_hmac_secrets() -> None:
+    message = _refused(
+        {**PRODUCTION, "HMAC_SHARED_SECRET_INSTANTLY": "Kf82hsQm1Lz0Xc7Vb4Nw,secret"}
+    )
+    assert "HMAC_SHARED_SECRET_INSTANTLY" in message
+    assert "Kf82hsQm1Lz0Xc7Vb4Nw" not in message
+
+
+@pytest.mark.parametrize("name", ["PG_PASSWORD", "PG_ADMIN_PASSWORD", "PG_READONLY_PASSWORD"])
+def test_production_refuses_placeholder_database_passwords(name: str) -> None:
+    message = _refused({**PRODUCTION, name: "password"})
+    assert name in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PG_PORT", "54x32"),
+        ("MAX_BODY_BYTES", "1MB"),
+        ("INGEST_PORT", "0"),
+        ("WORKER_CONCURRENCY", "-2"),
+        ("IDEMPOTENCY_TTL_SECONDS", "1.5"),
+    ],
+)
+def test_bad_whole_numbers_are_rejected_naming_the_variable(name: str, value: str) -> None:
+    message = _refused({name: value})
+    assert name in message
+    assert value not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("APP_ENV", "staging"), ("LOG_LEVEL", "verbose"), ("DEV_SIGNATURE_BYPASS", "maybe")],
+)
+def test_bad_choices_are_rejected_naming_the_variable(name: str, value: str) -> None:
+    assert name in _refused({name: value})
+
+
+def test_secret_repr_and_str_hide_the_value() -> None:
+    secret = Secret("hunter2-value")
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
+    assert f"{secret}" == str(secret)
+    assert secret.get() == "hunter2-value"
+
+
+def test_settings_repr_shows_no_secret() -> None:
+    settings = load_settings(PRODUCTION)
+    shown = repr(settings)
+    for name, value in PRODUCTION.items():
+        if name != "APP_ENV":
+            for part in value.split(","):
+                assert part not in shown, name
+
+
+def test_database_urls_carry_the_password_quoted() -> None:
+    settings = load_settings({"PG_PASSWORD": "p@ss:w/rd", "PG_DATABASE": "crm_x"})
+    url = settings.pg_url()
+    assert url.startswith("postgresql+psycopg2://app_user:p%40ss%3Aw%2Frd@127.0.0.1:5432/crm_x")
+    assert "app_admin" in settings.pg_url(admin=True)
