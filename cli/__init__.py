@@ -1,0 +1,1 @@
+"""Operator commands: crm-run (and, as they come, crm-dlq, crm-smoke)."""

@@ -1,0 +1,134 @@
+"""`crm-run`: what `make run` does after installing. Checks PostgreSQL and Redis, bootstraps
+and migrates the database, then runs the receiver and a worker until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+from urllib.parse import urlsplit
+
+import redis
+
+from common.envelope import QUEUE_NAME
+from common.settings import Settings, SettingsError, load_settings
+from db import cli as db_cli
+
+_PR_SET_PDEATHSIG = 1
+_STOP_GRACE_SECONDS = 20
+
+
+def _die_with_parent() -> None:
+    # Children get SIGTERM if crm-run itself is killed, so nothing is left orphaned.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def receiver_command(settings: Settings, host: str) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "ingest.app:create_app", "--factory",
+        "--host", host, "--port", str(settings.ingest_port),
+        "--log-level", settings.log_level, "--no-access-log",
+    ]  # fmt: skip
+
+
+def worker_command(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "-Q", QUEUE_NAME, "--concurrency", str(settings.worker_concurrency),
+        "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def check_redis(settings: Settings) -> str | None:
+    """None when Redis answers; otherwise the one line that tells the operator what to do."""
+    for url in dict.fromkeys((settings.redis_url, settings.celery_broker_url)):
+        parts = urlsplit(url)
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+        except redis.RedisError:
+            return (
+                f"Redis is not answering at {parts.hostname}:{parts.port or 6379} "
+                "(REDIS_URL / CELERY_BROKER_URL). Start it with `redis-server --daemonize yes` "
+                "or `docker compose up -d postgres redis`."
+            )
+    return None
+
+
+def _supervise(processes: dict[str, subprocess.Popen[bytes]]) -> int:
+    stopping = False
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    exit_code = 0
+    while not stopping:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                print(
+                    f"crm-run: {name} exited with {process.returncode}; stopping", file=sys.stderr
+                )
+                exit_code = 1
+                stopping = True
+        time.sleep(0.2)
+    for process in processes.values():
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_SECONDS
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="crm-run",
+        description="Bootstrap and migrate the database, then run the receiver and a worker "
+        "until Ctrl-C or SIGTERM. Settings come from the environment (see .env.example).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="receiver bind address")
+    parser.add_argument(
+        "--skip-migrate", action="store_true", help="do not bootstrap or migrate first"
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"crm-run: {exc}", file=sys.stderr)
+        return 2
+    problem = check_redis(settings)
+    if problem:
+        print(f"crm-run: {problem}", file=sys.stderr)
+        return 1
+    if not args.skip_migrate:
+        for step in (["bootstrap"], ["migrate"]):
+            code = db_cli.main(step)
+            if code != 0:
+                return code
+    processes = {
+        "receiver": subprocess.Popen(
+            receiver_command(settings, args.host), preexec_fn=_die_with_parent
+        ),
+        "worker": subprocess.Popen(worker_command(settings), preexec_fn=_die_with_parent),
+    }
+    print(
+        f"crm-run: receiver on http://{args.host}:{settings.ingest_port}, "
+        f"worker concurrency {settings.worker_concurrency}; Ctrl-C stops both",
+        file=sys.stderr,
+    )
+    return _supervise(processes)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The event envelope: the only thing that crosses the queue, as plain JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+QUEUE_NAME = "webhooks"
+TASK_NAME = "crm.process_event"
+PROVIDERS = ("instantly", "calcom")
+
+_FIELDS = ("event_id", "provider", "event_type", "idempotency_key", "received_at")
+
+
+class EnvelopeError(ValueError):
+    """A message on the queue is not a well-formed envelope."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    event_id: str
+    provider: str
+    event_type: str
+    idempotency_key: str
+    received_at: str
+    payload: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Envelope:
+        if not isinstance(data, Mapping):
+            raise EnvelopeError("envelope is not an object")
+        missing = [name for name in _FIELDS if not isinstance(data.get(name), str)]
+        if missing:
+            raise EnvelopeError(f"envelope field(s) missing or not text: {', '.join(missing)}")
+        payload = data.get("payload")
+        if not isinstance(payload, dict):
+            raise EnvelopeError("envelope payload is not an object")
+        return cls(
+            event_id=data["event_id"],
+            provider=data["provider"],
+            event_type=data["event_type"],
+            idempotency_key=data["idempotency_key"],
+            received_at=data["received_at"],
+            payload=payload,
+        )

@@ -1,0 +1,106 @@
+"""The queue format: Celery protocol-2 messages on the Redis list a Celery worker consumes.
+
+The receiver does not go through `send_task`: it builds the message with Celery's own builder
+(`app.amqp.as_task_v2`), wraps it the way kombu's Redis transport does, and pushes it in the
+same Lua call that claims the idempotency key. One round trip makes claim and enqueue atomic —
+there is no window in which a key is claimed but its event is not queued — and it is about four
+times faster than `send_task` per request. The end-to-end tests prove an unmodified Celery
+worker consumes these messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+
+from common.envelope import QUEUE_NAME, TASK_NAME, Envelope
+
+IDEMPOTENCY_PREFIX = "crm:idem:"
+EVENT_PREFIX = "crm:event:"
+
+# KEYS: idempotency key, queue list, event marker. ARGV: event id, ttl, message, marker.
+# Answers the first delivery's event id on a repeat, nothing when it claimed and queued.
+CLAIM_AND_ENQUEUE_LUA = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
+return false
+"""
+
+
+def idempotency_redis_key(provider: str, key: str) -> str:
+    return f"{IDEMPOTENCY_PREFIX}{provider}:{key}"
+
+
+def event_redis_key(event_id: str) -> str:
+    return f"{EVENT_PREFIX}{event_id}"
+
+
+def event_marker(envelope: Envelope) -> str:
+    """What `GET /events/{id}` answers while the event waits in the queue."""
+    return json.dumps(
+        {
+            "provider": envelope.provider,
+            "event_type": envelope.event_type,
+            "received_at": envelope.received_at,
+        }
+    )
+
+
+class TaskMessageBuilder:
+    """Builds the exact bytes `send_task(TASK_NAME, args=[envelope], queue=QUEUE_NAME)` pushes."""
+
+    def __init__(self) -> None:
+        self._app = Celery("crm-ingest", set_as_current=False)
+        self._origin = f"{os.getpid()}@{socket.gethostname()}"
+
+    def build(self, envelope: Envelope) -> str:
+        task_id = envelope.event_id
+        message = self._app.amqp.as_task_v2(
+            task_id,
+            TASK_NAME,
+            args=(envelope.to_dict(),),
+            kwargs={},
+            origin=self._origin,
+            # Celery would repr() the whole payload here; the id is what an operator needs.
+            argsrepr=f"[<envelope {envelope.event_id} {envelope.provider}:{envelope.event_type}>]",
+            kwargsrepr="{}",
+        )
+        body = json.dumps(message.body, separators=(",", ":")).encode()
+        properties: dict[str, Any] = dict(message.properties)
+        properties.update(
+            reply_to="",
+            delivery_mode=2,
+            delivery_info={"exchange": "", "routing_key": QUEUE_NAME},
+            priority=0,
+            body_encoding="base64",
+            delivery_tag=str(uuid.uuid4()),
+        )
+        return json.dumps(
+            {
+                "body": base64.b64encode(body).decode(),
+                "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": message.headers,
+                "properties": properties,
+            },
+            separators=(",", ":"),
+        )
+
+
+def enqueue(client: redis.Redis, builder: TaskMessageBuilder, envelope: Envelope, ttl: int) -> None:
+    """Queue an envelope without claiming its key: the replay path. The worker's durable guard
+    makes a replay of an already-processed event a no-op."""
+    pipe = client.pipeline(transaction=True)
+    pipe.lpush(QUEUE_NAME, builder.build(envelope))
+    pipe.set(event_redis_key(envelope.event_id), event_marker(envelope), ex=ttl)
+    pipe.execute()

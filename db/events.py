@@ -1,0 +1,123 @@
+"""The durable idempotency guard: one webhook_events row per (provider, idempotency_key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from db.tables import webhook_events
+
+FINAL_STATUSES = ("processed", "ignored")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who owns the event now. `done` means an earlier delivery already applied its effects."""
+
+    event_id: UUID
+    done: bool
+    result: dict[str, Any] | None
+
+
+def claim_event(
+    conn: Connection,
+    *,
+    event_id: UUID,
+    provider: str,
+    event_type: str,
+    idempotency_key: str,
+    payload: dict[str, Any],
+    received_at: datetime,
+    attempts: int,
+) -> Claim:
+    """Insert the event row, or lock the existing one. Must run inside the transaction that
+    writes the event's effects, so the row and the effects commit or vanish together."""
+    inserted = conn.execute(
+        insert(webhook_events)
+        .values(
+            id=event_id,
+            provider=provider,
+            event_type=event_type,
+            idempotency_key=idempotency_key,
+            status="queued",
+            attempts=attempts,
+            payload=payload,
+            received_at=received_at,
+        )
+        .on_conflict_do_nothing(constraint="uniq_webhook_events_key")
+        .returning(webhook_events.c.id)
+    ).scalar()
+    if inserted is not None:
+        return Claim(event_id=UUID(str(inserted)), done=False, result=None)
+    # A redelivery or a replay. The row lock serialises it against any concurrent copy.
+    row = conn.execute(
+        select(webhook_events.c.id, webhook_events.c.status, webhook_events.c.result)
+        .where(
+            webhook_events.c.provider == provider,
+            webhook_events.c.idempotency_key == idempotency_key,
+        )
+        .with_for_update()
+    ).one()
+    if row.status in FINAL_STATUSES:
+        return Claim(event_id=UUID(str(row.id)), done=True, result=row.result)
+    conn.execute(
+        update(webhook_events)
+        .where(webhook_events.c.id == row.id)
+        .values(attempts=webhook_events.c.attempts + attempts, updated_at=func.now())
+    )
+    return Claim(event_id=UUID(str(row.id)), done=False, result=None)
+
+
+def finish_event(
+    conn: Connection,
+    *,
+    event_id: UUID,
+    status: str,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    conn.execute(
+        update(webhook_events)
+        .where(webhook_events.c.id == event_id)
+        .values(
+            status=status,
+            result=result,
+            error=error,
+            processed_at=func.now(),
+            updated_at=func.now(),
+        )
+    )
+
+
+def get_event(conn: Connection, *, event_id: UUID) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(
+            webhook_events.c.id,
+            webhook_events.c.provider,
+            webhook_events.c.event_type,
+            webhook_events.c.status,
+            webhook_events.c.attempts,
+            webhook_events.c.received_at,
+            webhook_events.c.processed_at,
+            webhook_events.c.result,
+            webhook_events.c.error,
+        ).where(webhook_events.c.id == event_id)
+    ).first()
+    if row is None:
+        return None
+    return {
+        "event_id": str(row.id),
+        "provider": row.provider,
+        "event_type": row.event_type,
+        "status": row.status,
+        "attempts": row.attempts,
+        "received_at": row.received_at.isoformat(),
+        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
+        "result": row.result,
+        "error": row.error,
+    }

@@ -1,0 +1,1 @@
+"""The HTTP edge: verify, claim, enqueue, answer. Webhook routes never touch PostgreSQL."""

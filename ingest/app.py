@@ -1,0 +1,178 @@
+"""The receiver. Guard order per delivery: size and content type → authenticate the raw bytes →
+parse → claim the idempotency key and enqueue (one Redis round trip) → 202."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from common.envelope import Envelope
+from common.settings import Settings, SettingsError, load_settings
+from ingest import status
+from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
+from ingest.providers import Provider, providers_from
+from ingest.responses import error
+
+logger = logging.getLogger("crm.ingest")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit`: a lying Content-Length or a chunked body
+    cannot make us buffer more than the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == "application/json"
+
+
+async def receive_webhook(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    provider: Provider | None = request.app.state.providers.get(request.path_params["provider"])
+    if provider is None:
+        return error(404, "Unknown provider")
+    if not _is_json(request.headers.get("content-type")):
+        return error(415, "Content-Type must be application/json")
+    try:
+        body = await _read_body(request, settings.max_body_bytes)
+    except _TooLarge:
+        return error(413, f"Body larger than {settings.max_body_bytes} bytes")
+
+    if not provider.verify(request.headers, body, provider.secrets):
+        if not settings.dev_signature_bypass:
+            return error(401, "Missing or invalid signature")
+        logger.warning("DEV_SIGNATURE_BYPASS let an unauthenticated %s delivery in", provider.name)
+
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return error(400, "Body is not valid UTF-8 JSON")
+    if not isinstance(payload, dict):
+        return error(400, "Body must be a JSON object")
+    event_type = provider.event_type(payload)
+    if event_type is None:
+        return error(400, f"No event type: '{provider.event_type_field}' is missing or empty")
+    try:
+        key = derive_key(provider.name, request.headers, payload)
+    except InvalidIdempotencyKey as exc:
+        return error(400, str(exc))
+
+    envelope = Envelope(
+        event_id=str(uuid.uuid4()),
+        provider=provider.name,
+        event_type=event_type,
+        idempotency_key=key,
+        received_at=datetime.now(UTC).isoformat(),
+        payload=payload,
+    )
+    try:
+        first = await request.app.state.claimer.claim_and_enqueue(envelope)
+    except RedisError as exc:
+        logger.error(
+            "queue unavailable, %s delivery refused: %s", provider.name, type(exc).__name__
+        )
+        return error(503, "Queue unavailable, retry later")
+    if first is not None:
+        return error(409, "Duplicate event", event_id=first)
+    return JSONResponse({"status": "queued", "event_id": envelope.event_id}, status_code=202)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    clients: dict[str, aioredis.Redis] = request.app.state.ready_clients
+    failed = []
+    for name, client in clients.items():
+        try:
+            await client.ping()
+        except (RedisError, OSError):
+            failed.append(name)
+    if failed:
+        return error(503, "Not ready", unavailable=failed)
+    return JSONResponse({"status": "ready"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "Not found", 405: "Method not allowed"}
+    return error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log; the sender sees no internals.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error(500, "Internal error")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    if settings is None:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            print(f"crm-ingest: refusing to start: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    resolved = settings
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+        client = aioredis.Redis.from_url(resolved.redis_url, **options)
+        app.state.ready_clients = {"redis": client}
+        broker = None
+        if resolved.celery_broker_url != resolved.redis_url:
+            broker = aioredis.Redis.from_url(resolved.celery_broker_url, **options)
+            app.state.ready_clients["broker"] = broker
+        # The queue lives on the broker: claim and push must hit the same server in one script.
+        app.state.claimer = Claimer(broker or client, resolved.idempotency_ttl_seconds)
+        app.state.redis = broker or client
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if broker is not None:
+                await broker.aclose()
+            status.dispose(app)
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/{provider}", receive_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            *status.routes,
+        ],
+        exception_handlers={HTTPException: _http_error, 500: _server_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = resolved
+    app.state.providers = providers_from(resolved)
+    if resolved.dev_signature_bypass:
+        logger.warning("DEV_SIGNATURE_BYPASS is on: unsigned webhooks will be accepted")
+    return app

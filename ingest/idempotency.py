@@ -1,0 +1,100 @@
+"""Idempotency keys, and the one Redis round trip that claims a key and queues its event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.datastructures import Headers
+
+from common.envelope import QUEUE_NAME, Envelope
+from common.queue import (
+    CLAIM_AND_ENQUEUE_LUA,
+    TaskMessageBuilder,
+    event_marker,
+    event_redis_key,
+    idempotency_redis_key,
+)
+
+MAX_KEY_LENGTH = 255
+
+
+class InvalidIdempotencyKey(ValueError):
+    """The sender supplied an unusable idempotency key."""
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _instantly_fingerprint(payload: dict[str, Any]) -> list[str]:
+    # A lead variable named `campaign_id` shadows Instantly's own; `campaign` keeps the real id.
+    campaign = _text(payload.get("campaign")) or _text(payload.get("campaign_id"))
+    email = _text(payload.get("lead_email")) or _text(payload.get("email"))
+    return [
+        _text(payload.get("event_type")),
+        _text(payload.get("workspace")),
+        campaign,
+        email.lower(),
+        _text(payload.get("timestamp")),
+        _text(payload.get("email_id")),
+    ]
+
+
+def _calcom_fingerprint(payload: dict[str, Any]) -> list[str]:
+    inner = payload.get("payload")
+    uid = _text(inner.get("uid")) if isinstance(inner, dict) else ""
+    return [_text(payload.get("triggerEvent")), uid]
+
+
+_FINGERPRINTS = {"instantly": _instantly_fingerprint, "calcom": _calcom_fingerprint}
+
+
+def derive_key(provider: str, headers: Headers, payload: dict[str, Any]) -> str:
+    """`Idempotency-Key` header, else the payload's `idempotency_key`, else a SHA-256 over the
+    fields that identify one delivery of one event."""
+    explicit = headers.get("idempotency-key")
+    if explicit is None and "idempotency_key" in payload:
+        explicit = payload["idempotency_key"]
+        if not isinstance(explicit, str):
+            raise InvalidIdempotencyKey("idempotency_key must be a string")
+    if explicit is not None:
+        explicit = explicit.strip()
+        if not explicit or len(explicit) > MAX_KEY_LENGTH or not explicit.isprintable():
+            raise InvalidIdempotencyKey(
+                f"idempotency key must be 1 to {MAX_KEY_LENGTH} printable characters"
+            )
+        return explicit
+    fingerprint = json.dumps(_FINGERPRINTS[provider](payload), separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(fingerprint.encode()).hexdigest()
+
+
+class Claimer:
+    """Claims idempotency keys and queues events, atomically, in one EVALSHA."""
+
+    def __init__(self, client: aioredis.Redis, ttl_seconds: int) -> None:
+        self._client = client
+        self._ttl = ttl_seconds
+        self._script = client.register_script(CLAIM_AND_ENQUEUE_LUA)
+        self._builder = TaskMessageBuilder()
+
+    async def claim_and_enqueue(self, envelope: Envelope) -> str | None:
+        """None when this delivery was queued; the first delivery's event id on a repeat."""
+        first = await self._script(
+            keys=[
+                idempotency_redis_key(envelope.provider, envelope.idempotency_key),
+                QUEUE_NAME,
+                event_redis_key(envelope.event_id),
+            ],
+            args=[
+                envelope.event_id,
+                self._ttl,
+                self._builder.build(envelope),
+                event_marker(envelope),
+            ],
+        )
+        if first is None:
+            return None
+        return first.decode() if isinstance(first, bytes) else str(first)

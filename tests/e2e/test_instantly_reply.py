@@ -1,0 +1,339 @@
+"""An Instantly reply, end to end: HTTP → Redis → a real Celery worker → PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from common.envelope import QUEUE_NAME
+from tests.e2e.conftest import scalar, wait_processed
+from tests.helpers import wait_for
+from tests.payloads import bearer_headers, encode, reply, signed_headers
+
+pytestmark = pytest.mark.e2e
+
+SAMPLE_EMAIL = "maria.keller@nordfracht.de"
+
+
+def post(url: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    raw = encode(body)
+    return httpx.post(
+        f"{url}/webhooks/instantly", content=raw, headers=signed_headers(raw, **headers)
+    )
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    return {
+        table: scalar(engine, f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed names
+        for table in ("contacts", "deals", "activities", "webhook_events")
+    }
+
+
+def test_sample_reply_becomes_contact_deal_in_new_and_system_note(
+    stack: str, superuser_engine: Engine, reader_token: str
+) -> None:
+    response = post(stack, reply())
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued"
+    event_id = body["event_id"]
+
+    wait_processed(superuser_engine, [event_id])
+
+    assert counts(superuser_engine) == {
+        "contacts": 1, "deals": 1, "activities": 1, "webhook_events": 1,
+    }  # fmt: skip
+    contact = scalar(
+        superuser_engine,
+        "SELECT json_build_object('email', email, 'first', first_name, 'last', last_name,"
+        " 'company', (SELECT name FROM companies WHERE id = company_id)) FROM contacts",
+    )
+    assert contact == {
+        "email": SAMPLE_EMAIL, "first": "Maria", "last": "Keller", "company": "Nordfracht GmbH",
+    }  # fmt: skip
+    stage = scalar(
+        superuser_engine,
+        "SELECT s.name || '/' || p.is_default::text FROM deals d"
+        " JOIN pipeline_stages s ON s.id = d.stage_id JOIN pipelines p ON p.id = d.pipeline_id",
+    )
+    assert stage == "New/true"
+    note = scalar(
+        superuser_engine,
+        "SELECT json_build_object('type', type, 'subject', subject, 'body', body,"
+        " 'meta', metadata) FROM activities",
+    )
+    assert note["type"] == "system_note"
+    assert "Re: Cutting freight audit time in half" in note["subject"]
+    assert note["body"].startswith("Hi Jonas, timing is good")
+    assert note["meta"]["unibox_url"].startswith("https://app.instantly.ai/")
+    assert note["meta"]["email_id"] == "0199a3f2-7c1e-7b2a-9e4d-5f6a7b8c9d0e"
+    assert note["meta"]["step"] == 2
+
+    status = httpx.get(
+        f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
+    )
+    assert status.status_code == 200
+    shown = status.json()
+    assert shown["status"] == "processed"
+    assert shown["attempts"] == 1
+    assert shown["result"]["step"] == "E:deal_created_and_logged"
+    deal_id = scalar(superuser_engine, "SELECT id::text FROM deals")
+    activity_id = scalar(superuser_engine, "SELECT id::text FROM activities")
+    assert shown["result"] == {
+        "step": "E:deal_created_and_logged", "deal_id": deal_id, "system_activity_id": activity_id,
+    }  # fmt: skip
+
+
+def test_same_delivery_again_is_409_with_first_event_id_and_no_new_rows(
+    stack: str, superuser_engine: Engine
+) -> None:
+    first = post(stack, reply())
+    assert first.status_code == 202
+    wait_processed(superuser_engine, [first.json()["event_id"]])
+    before = counts(superuser_engine)
+
+    again = post(stack, reply())
+    assert again.status_code == 409
+    assert again.json() == {"error": "Duplicate event", "event_id": first.json()["event_id"]}
+    assert counts(superuser_engine) == before
+
+
+def test_repeat_while_first_is_still_queued_is_409(
+    receiver: str, redis_client: redis.Redis, stack: str
+) -> None:
+    # No worker drains this key's message before the repeat arrives: both answers come from Redis.
+    body = reply("queued.twice@example.org")
+    first = post(stack, body)
+    second = post(stack, body)
+    assert (first.status_code, second.status_code) == (202, 409)
+    assert second.json()["event_id"] == first.json()["event_id"]
+
+
+def test_fifty_concurrent_identical_deliveries_give_one_202_and_one_set_of_rows(
+    stack: str, superuser_engine: Engine
+) -> None:
+    raw = encode(reply())
+
+    async def storm() -> list[int]:
+        async with httpx.AsyncClient(base_url=stack, timeout=30) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post("/webhooks/instantly", content=raw, headers=signed_headers(raw))
+                    for _ in range(50)
+                )
+            )
+        return [r.status_code for r in responses]
+
+    statuses = asyncio.run(storm())
+    assert statuses.count(202) == 1
+    assert statuses.count(409) == 49
+    wait_for(
+        lambda: (
+            scalar(
+                superuser_engine, "SELECT count(*) FROM webhook_events WHERE status = 'processed'"
+            )
+            == 1
+        ),
+        timeout=30,
+        message="the accepted delivery was not processed",
+    )
+    assert counts(superuser_engine) == {
+        "contacts": 1, "deals": 1, "activities": 1, "webhook_events": 1,
+    }  # fmt: skip
+
+
+def test_two_different_replies_from_one_lead_make_one_deal_and_two_activities(
+    stack: str, superuser_engine: Engine
+) -> None:
+    first = post(stack, reply(email_id="reply-1", timestamp="2026-11-20T09:14:03Z"))
+    second = post(stack, reply(email_id="reply-2", timestamp="2026-11-21T10:00:00Z"))
+    assert (first.status_code, second.status_code) == (202, 202)
+    wait_processed(superuser_engine, [first.json()["event_id"], second.json()["event_id"]])
+    assert counts(superuser_engine) == {
+        "contacts": 1, "deals": 1, "activities": 2, "webhook_events": 2,
+    }  # fmt: skip
+
+
+def test_the_same_envelope_delivered_to_the_worker_twice_makes_one_set_of_rows(
+    stack: str, superuser_engine: Engine, redis_client: redis.Redis
+) -> None:
+    response = post(stack, reply())
+    assert response.status_code == 202
+    event_id = response.json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    # What a redelivery looks like to the worker: the very message the receiver queued, again.
+    # Rebuilt here from the stored envelope, the way a visibility-timeout restore re-pushes it.
+    from common.envelope import Envelope
+    from common.queue import TaskMessageBuilder
+
+    stored = scalar(
+        superuser_engine,
+        "SELECT json_build_object('provider', provider, 'event_type', event_type,"
+        " 'idempotency_key', idempotency_key, 'received_at', received_at, 'payload', payload)"
+        " FROM webhook_events WHERE id = :id",
+        id=event_id,
+    )
+    envelope = Envelope(event_id=event_id, **stored)
+    message = TaskMessageBuilder().build(envelope)
+    redis_client.lpush(QUEUE_NAME, message, message)
+    wait_for(
+        lambda: redis_client.llen(QUEUE_NAME) == 0 and redis_client.hlen("unacked") == 0,
+        timeout=30,
+        message="redelivered messages were not consumed",
+    )
+    assert counts(superuser_engine) == {
+        "contacts": 1, "deals": 1, "activities": 1, "webhook_events": 1,
+    }  # fmt: skip
+    assert scalar(superuser_engine, "SELECT attempts FROM webhook_events") == 1
+
+
+def test_two_hundred_distinct_replies_make_two_hundred_deals_and_activities(
+    stack: str, superuser_engine: Engine
+) -> None:
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=stack, timeout=30) as client:
+            bodies = [encode(reply(f"lead{i}@company{i}.example.com")) for i in range(200)]
+            return await asyncio.gather(
+                *(
+                    client.post("/webhooks/instantly", content=raw, headers=signed_headers(raw))
+                    for raw in bodies
+                )
+            )
+
+    responses = asyncio.run(send())
+    assert [r.status_code for r in responses] == [202] * 200
+    wait_processed(superuser_engine, [r.json()["event_id"] for r in responses], timeout=120)
+    assert counts(superuser_engine) == {
+        "contacts": 200, "deals": 200, "activities": 200, "webhook_events": 200,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected_email"),
+    [
+        ({"lead_email": None}, SAMPLE_EMAIL),
+        ({"email": None}, SAMPLE_EMAIL),
+    ],
+    ids=["only-email-field", "only-lead_email-field"],
+)
+def test_reply_variants_from_real_deliveries_are_processed(
+    stack: str, superuser_engine: Engine, variant: dict[str, Any], expected_email: str
+) -> None:
+    response = post(stack, reply(**variant))
+    assert response.status_code == 202
+    wait_processed(superuser_engine, [response.json()["event_id"]])
+    assert scalar(superuser_engine, "SELECT email FROM contacts") == expected_email
+    assert scalar(superuser_engine, "SELECT status FROM webhook_events") == "processed"
+
+
+def test_only_snippet_and_shadowed_campaign_id_are_handled(
+    stack: str, superuser_engine: Engine
+) -> None:
+    body = reply(reply_text=None, reply_html=None, campaign_id="lead-variable-value")
+    response = post(stack, body)
+    assert response.status_code == 202
+    wait_processed(superuser_engine, [response.json()["event_id"]])
+    meta = scalar(superuser_engine, "SELECT metadata FROM activities")
+    assert meta["campaign_id"] == "a7c3e2d1-4b5f-4c6a-9d8e-1f2a3b4c5d6e"
+    body_text = scalar(superuser_engine, "SELECT body FROM activities")
+    assert body_text == body["reply_text_snippet"]
+
+
+def test_free_mail_lead_gets_no_company(stack: str, superuser_engine: Engine) -> None:
+    response = post(stack, reply("someone@gmail.com", companyName=None, website=None))
+    assert response.status_code == 202
+    wait_processed(superuser_engine, [response.json()["event_id"]])
+    assert scalar(superuser_engine, "SELECT count(*) FROM companies") == 0
+    assert scalar(superuser_engine, "SELECT company_id FROM contacts") is None
+
+
+def test_names_a_person_edited_are_not_overwritten(stack: str, superuser_engine: Engine) -> None:
+    first = post(stack, reply(email_id="a"))
+    wait_processed(superuser_engine, [first.json()["event_id"]])
+    with superuser_engine.begin() as conn:
+        from sqlalchemy import text
+
+        conn.execute(text("UPDATE contacts SET first_name = 'Mia'"))
+    second = post(stack, reply(email_id="b", firstName="Maria-Overwritten"))
+    wait_processed(superuser_engine, [second.json()["event_id"]])
+    assert scalar(superuser_engine, "SELECT first_name FROM contacts") == "Mia"
+
+
+def test_bearer_secret_from_instantly_custom_header_is_accepted(
+    stack: str, superuser_engine: Engine
+) -> None:
+    raw = encode(reply())
+    response = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=bearer_headers())
+    assert response.status_code == 202
+    wait_processed(superuser_engine, [response.json()["event_id"]])
+
+
+def test_bare_hex_signature_is_accepted(stack: str) -> None:
+    from tests.payloads import hmac_hex
+
+    raw = encode(reply("bare.hex@example.org"))
+    headers = {"Content-Type": "application/json", "X-Instantly-Signature": hmac_hex(raw)}
+    response = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=headers)
+    assert response.status_code == 202
+
+
+def test_rotated_secret_is_accepted(stack: str) -> None:
+    response = post(stack, reply("rotated@example.org"))
+    assert response.status_code == 202
+    raw = encode(reply("rotated2@example.org"))
+    from tests.payloads import INSTANTLY_SECRET_ROTATED
+
+    rotated = httpx.post(
+        f"{stack}/webhooks/instantly",
+        content=raw,
+        headers=signed_headers(raw, secret=INSTANTLY_SECRET_ROTATED),
+    )
+    assert rotated.status_code == 202
+
+
+@pytest.mark.parametrize("event_type", ["email_sent", "lead_interested", "custom_label_x"])
+def test_other_instantly_event_types_are_stored_as_ignored(
+    stack: str, superuser_engine: Engine, reader_token: str, event_type: str
+) -> None:
+    response = post(stack, reply(event_type=event_type))
+    assert response.status_code == 202
+    event_id = response.json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    shown = httpx.get(
+        f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
+    ).json()
+    assert shown["status"] == "ignored"
+    assert counts(superuser_engine)["deals"] == 0
+
+
+def test_status_of_a_queued_event_is_queued(
+    stack: str, redis_client: redis.Redis, reader_token: str
+) -> None:
+    # An event the worker has not written yet is known only to Redis.
+    from datetime import UTC, datetime
+
+    from common.envelope import Envelope
+    from common.queue import event_marker, event_redis_key
+
+    event_id = "00000000-0000-4000-8000-000000000001"
+    envelope = Envelope(
+        event_id, "instantly", "reply_received", "k", datetime.now(UTC).isoformat(), {}
+    )
+    redis_client.set(event_redis_key(event_id), event_marker(envelope), ex=60)
+    shown = httpx.get(
+        f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
+    )
+    assert shown.status_code == 200
+    assert shown.json()["status"] == "queued"
+    unknown = httpx.get(
+        f"{stack}/events/00000000-0000-4000-8000-000000000002",
+        headers={"Authorization": f"Bearer {reader_token}"},
+    )
+    assert unknown.status_code == 404
+    assert json.loads(unknown.text) == {"error": "Unknown event"}

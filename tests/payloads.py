@@ -1,0 +1,62 @@
+"""Sample deliveries, read from one place, and how a sender signs them."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+INSTANTLY_SECRET = "test-instantly-secret-A"
+INSTANTLY_SECRET_ROTATED = "test-instantly-secret-B"
+CALCOM_SECRET = "test-calcom-secret"
+
+
+@cache
+def _load(provider: str, name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((FIXTURES / provider / f"{name}.json").read_text())
+    return loaded
+
+
+def fixture(provider: str, name: str, **overrides: Any) -> dict[str, Any]:
+    """A fresh copy of a sample body, with top-level fields replaced (None deletes a field)."""
+    body = copy.deepcopy(_load(provider, name))
+    for key, value in overrides.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+def reply(email: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """An Instantly reply; with `email`, from that lead (both e-mail fields set)."""
+    if email is not None:
+        overrides.setdefault("lead_email", email)
+        overrides.setdefault("email", email)
+    return fixture("instantly", "reply_received", **overrides)
+
+
+def encode(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def hmac_hex(raw: bytes, secret: str = INSTANTLY_SECRET) -> str:
+    return hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+def signed_headers(raw: bytes, secret: str = INSTANTLY_SECRET, **extra: str) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Instantly-Signature": f"sha256={hmac_hex(raw, secret)}",
+        **extra,
+    }
+
+
+def bearer_headers(secret: str = INSTANTLY_SECRET) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}

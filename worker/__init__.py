@@ -1,0 +1,1 @@
+"""Celery workers: turn queued envelopes into CRM rows, exactly once."""

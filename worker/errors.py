@@ -1,0 +1,19 @@
+"""Failures a retry cannot fix: they go to the dead-letter store at once, with their reason."""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    reason = "permanent_error"
+
+
+class InvalidPayload(PermanentError):
+    reason = "invalid_payload"
+
+
+class ConfigError(PermanentError):
+    reason = "config_error"
+
+
+class UnknownProvider(PermanentError):
+    reason = "unknown_provider"

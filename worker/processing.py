@@ -1,0 +1,55 @@
+"""One event, one transaction: the durable guard row, the CRM effects and the event's outcome
+commit together, so a redelivered or replayed envelope finds the row and does nothing twice."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Engine
+
+from common.envelope import Envelope, EnvelopeError
+from db import events
+from worker.errors import InvalidPayload, UnknownProvider
+from worker.handlers import KNOWN_PROVIDERS, handler_for
+from worker.stages import StageCache
+
+
+def parse_envelope(data: Any) -> Envelope:
+    try:
+        envelope = Envelope.from_dict(data)
+        UUID(envelope.event_id)
+        datetime.fromisoformat(envelope.received_at)
+    except (EnvelopeError, ValueError) as exc:
+        raise InvalidPayload(f"malformed envelope: {exc}") from None
+    if envelope.provider not in KNOWN_PROVIDERS:
+        raise UnknownProvider(f"no such provider: {envelope.provider!r}")
+    return envelope
+
+
+def process(
+    engine: Engine, envelope: Envelope, *, stages: StageCache, attempts: int
+) -> dict[str, Any]:
+    """Apply the event's effects once; returns the stored result (also on a repeat)."""
+    with engine.begin() as conn:
+        claim = events.claim_event(
+            conn,
+            event_id=UUID(envelope.event_id),
+            provider=envelope.provider,
+            event_type=envelope.event_type,
+            idempotency_key=envelope.idempotency_key,
+            payload=envelope.payload,
+            received_at=datetime.fromisoformat(envelope.received_at),
+            attempts=attempts,
+        )
+        if claim.done:
+            return claim.result or {}
+        handler = handler_for(envelope.provider, envelope.event_type)
+        if handler is None:
+            result: dict[str, Any] = {"ignored": f"no effect for {envelope.event_type}"}
+            events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
+            return result
+        result = handler(conn, envelope, stages)
+        events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
+        return result
