@@ -20,6 +20,7 @@ _PLACEHOLDERS = frozenset(
     {"", "changeme", "change-me", "change_me", "secret", "password", "placeholder", "todo", "xxx"}
 )
 _DEV_PREFIX = "dev-"
+_MIN_JWT_SECRET_BYTES = 32
 
 
 class SettingsError(ValueError):
@@ -67,6 +68,8 @@ class Settings:
     pg_admin_user: str = "app_admin"
     pg_admin_password: Secret = field(default_factory=lambda: Secret("dev-app-admin-change-me"))
     pg_readonly_password: Secret = field(default_factory=lambda: Secret("dev-readonly-change-me"))
+    # A statement waiting this long for a lock gives up; the worker retries it later.
+    pg_lock_timeout_ms: int = 5000
     pg_superuser_url: Secret = field(
         default_factory=lambda: Secret("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     )
@@ -74,7 +77,9 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
 
-    jwt_secret: Secret = field(default_factory=lambda: Secret("dev-jwt-secret-change-me"))
+    jwt_secret: Secret = field(
+        default_factory=lambda: Secret("dev-jwt-secret-change-me-0123456789abcdef")
+    )
     dev_signature_bypass: bool = False
     hmac_secrets_instantly: tuple[Secret, ...] = (Secret("dev-instantly-secret-change-me"),)
     hmac_secrets_calcom: tuple[Secret, ...] = (Secret("dev-calcom-secret-change-me"),)
@@ -86,7 +91,8 @@ class Settings:
     # Must exceed the longest a task can run plus its longest retry countdown, or the broker
     # redelivers a message a live worker still holds (the durable guard keeps that harmless).
     broker_visibility_timeout: int = 3600
-    task_max_retries: int = 14
+    # With the backoff below (1, 2, 4 … 600 s) this rides out about an hour of outage.
+    task_max_retries: int = 15
     task_retry_backoff_max: int = 600
 
     @property
@@ -184,6 +190,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pg_admin_user=env.get("PG_ADMIN_USER", "").strip() or base.pg_admin_user,
         pg_admin_password=_secret(env, "PG_ADMIN_PASSWORD", base.pg_admin_password),
         pg_readonly_password=_secret(env, "PG_READONLY_PASSWORD", base.pg_readonly_password),
+        pg_lock_timeout_ms=_int(env, "PG_LOCK_TIMEOUT_MS", base.pg_lock_timeout_ms),
         pg_superuser_url=_psycopg2_url(_secret(env, "PG_SUPERUSER_URL", base.pg_superuser_url)),
         redis_url=redis_url,
         celery_broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
@@ -229,6 +236,9 @@ def _validate(settings: Settings) -> None:
     for name, secret in single.items():
         if secret.is_placeholder():
             raise SettingsError(f"{name} is missing or a placeholder; set a real secret")
+    # RFC 7518 §3.2: an HS256 key shorter than the hash output weakens every token.
+    if len(settings.jwt_secret.get().encode()) < _MIN_JWT_SECRET_BYTES:
+        raise SettingsError(f"JWT_SECRET must be at least {_MIN_JWT_SECRET_BYTES} bytes long")
     lists = {
         "HMAC_SHARED_SECRET_INSTANTLY": settings.hmac_secrets_instantly,
         "HMAC_SHARED_SECRET_CALCOM": settings.hmac_secrets_calcom,

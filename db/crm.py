@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Text, func, literal, select
+from sqlalchemy.dialects.postgresql import UUID as UUID_TYPE
 from sqlalchemy.dialects.postgresql import insert
 
 from db.tables import activities, companies, contacts, deals, pipeline_stages, pipelines
@@ -85,20 +86,29 @@ def upsert_deal(
     conn: Connection,
     *,
     contact_id: UUID,
-    pipeline_id: UUID,
-    stage_id: UUID,
     title: str,
+    stage_name: str = "New",
     company_id: UUID | None = None,
     source: str | None = None,
-) -> UUID:
-    """The contact's deal in this stage: one per (contact_id, stage_id), created if new."""
-    stmt = insert(deals).values(
-        contact_id=contact_id,
-        pipeline_id=pipeline_id,
-        stage_id=stage_id,
-        title=title,
-        company_id=company_id,
-        source=source,
+) -> UUID | None:
+    """The contact's deal in the default pipeline's stage `stage_name`: one per
+    (contact_id, stage_id), created if new. None when there is no default pipeline or it has no
+    such stage. The stage is looked up inside the same statement, so it is never stale and costs
+    no round trip of its own."""
+    stage = (
+        select(
+            literal(contact_id, UUID_TYPE).label("contact_id"),
+            pipelines.c.id.label("pipeline_id"),
+            pipeline_stages.c.id.label("stage_id"),
+            literal(title, Text).label("title"),
+            literal(company_id, UUID_TYPE).label("company_id"),
+            literal(source, Text).label("source"),
+        )
+        .join(pipeline_stages, pipeline_stages.c.pipeline_id == pipelines.c.id)
+        .where(pipelines.c.is_default, pipeline_stages.c.name == stage_name)
+    )
+    stmt = insert(deals).from_select(
+        ["contact_id", "pipeline_id", "stage_id", "title", "company_id", "source"], stage
     )
     upsert = stmt.on_conflict_do_update(
         constraint="uniq_deals_contact_stage",
@@ -107,7 +117,8 @@ def upsert_deal(
             "updated_at": func.now(),
         },
     ).returning(deals.c.id)
-    return UUID(str(conn.execute(upsert).scalar_one()))
+    deal_id = conn.execute(upsert).scalar()
+    return None if deal_id is None else UUID(str(deal_id))
 
 
 def insert_activity(

@@ -5,11 +5,20 @@ from __future__ import annotations
 from sqlalchemy import Engine, create_engine
 
 
-def make_engine(url: str, *, pool_size: int = 5, application_name: str = "crm-ingest") -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    application_name: str = "crm-ingest",
+    lock_timeout_ms: int = 0,
+) -> Engine:
+    connect_args: dict[str, object] = {"application_name": application_name, "connect_timeout": 5}
+    if lock_timeout_ms:
+        connect_args["options"] = f"-c lock_timeout={lock_timeout_ms}"
     return create_engine(
         url,
         pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=pool_size,
-        connect_args={"application_name": application_name, "connect_timeout": 5},
+        connect_args=connect_args,
     )

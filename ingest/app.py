@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from common.envelope import Envelope
 from common.settings import Settings, SettingsError, load_settings
-from ingest import status
+from ingest import admin, status
 from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
 from ingest.providers import Provider, providers_from
 from ingest.responses import error
@@ -159,6 +159,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await client.aclose()
             if broker is not None:
                 await broker.aclose()
+            admin.dispose(app)
             status.dispose(app)
 
     app = Starlette(
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *status.routes,
+            *admin.routes,
         ],
         exception_handlers={HTTPException: _http_error, 500: _server_error},
         lifespan=lifespan,

@@ -34,11 +34,11 @@ def fixture(provider: str, name: str, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def reply(email: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """An Instantly reply; with `email`, from that lead (both e-mail fields set)."""
-    if email is not None:
-        overrides.setdefault("lead_email", email)
-        overrides.setdefault("email", email)
+def reply(lead: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """An Instantly reply; with `lead`, from that address (both e-mail fields set)."""
+    if lead is not None:
+        overrides.setdefault("lead_email", lead)
+        overrides.setdefault("email", lead)
     return fixture("instantly", "reply_received", **overrides)
 
 

@@ -65,8 +65,7 @@ def test_concurrent_upserts_of_one_lead_give_one_contact_and_one_deal(
         deal = partial(
             upsert_deal,
             contact_id=contact_ids[0],
-            pipeline_id=stage.pipeline_id,
-            stage_id=stage.stage_id,
+            stage_name="New",
             title="Reply",
             source="instantly",
         )

@@ -146,3 +146,9 @@ def test_database_urls_carry_the_password_quoted() -> None:
     url = settings.pg_url()
     assert url.startswith("postgresql+psycopg2://app_user:p%40ss%3Aw%2Frd@127.0.0.1:5432/crm_x")
     assert "app_admin" in settings.pg_url(admin=True)
+
+
+def test_production_refuses_a_short_jwt_secret() -> None:
+    message = _refused(PRODUCTION | {"JWT_SECRET": "only-twenty-bytes-xx"})
+    assert "JWT_SECRET" in message
+    assert "only-twenty-bytes-xx" not in message

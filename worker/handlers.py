@@ -9,9 +9,8 @@ from sqlalchemy import Connection
 
 from common.envelope import PROVIDERS, Envelope
 from worker import instantly
-from worker.stages import StageCache
 
-Handler = Callable[[Connection, Envelope, StageCache], dict[str, Any]]
+Handler = Callable[[Connection, Envelope], dict[str, Any]]
 
 EVENT_HANDLERS: dict[tuple[str, str], Handler] = {
     ("instantly", "reply_received"): instantly.handle_reply,

@@ -11,8 +11,7 @@ from sqlalchemy import Connection
 
 from common.envelope import Envelope
 from db import crm
-from worker.errors import InvalidPayload
-from worker.stages import StageCache
+from worker.errors import ConfigError, InvalidPayload
 
 STEP_E = "E:deal_created_and_logged"
 
@@ -145,7 +144,7 @@ def display_name(lead: Lead) -> str:
     return name or lead.email
 
 
-def handle_reply(conn: Connection, envelope: Envelope, stages: StageCache) -> dict[str, Any]:
+def handle_reply(conn: Connection, envelope: Envelope) -> dict[str, Any]:
     payload = envelope.payload
     lead = parse_lead(payload)
     campaign_name = _optional_text(payload, "campaign_name")
@@ -164,18 +163,18 @@ def handle_reply(conn: Connection, envelope: Envelope, stages: StageCache) -> di
         "timestamp": _optional_text(payload, "timestamp"),
     }
 
-    stage = stages.get(conn, "New")
     contact_id, company_id = upsert_lead(conn, lead)
     who = display_name(lead)
     deal_id = crm.upsert_deal(
         conn,
         contact_id=contact_id,
-        pipeline_id=stage.pipeline_id,
-        stage_id=stage.stage_id,
+        stage_name="New",
         title=f"{who} — {campaign_name}" if campaign_name else who,
         company_id=company_id,
         source="instantly",
     )
+    if deal_id is None:
+        raise ConfigError("no default pipeline with a stage named 'New'")
     note = f"{who} <{lead.email}> replied"
     if campaign_name:
         note += f" to campaign '{campaign_name}'"

@@ -13,7 +13,6 @@ from common.envelope import Envelope, EnvelopeError
 from db import events
 from worker.errors import InvalidPayload, UnknownProvider
 from worker.handlers import KNOWN_PROVIDERS, handler_for
-from worker.stages import StageCache
 
 
 def parse_envelope(data: Any) -> Envelope:
@@ -28,9 +27,7 @@ def parse_envelope(data: Any) -> Envelope:
     return envelope
 
 
-def process(
-    engine: Engine, envelope: Envelope, *, stages: StageCache, attempts: int
-) -> dict[str, Any]:
+def process(engine: Engine, envelope: Envelope, *, attempts: int) -> dict[str, Any]:
     """Apply the event's effects once; returns the stored result (also on a repeat)."""
     with engine.begin() as conn:
         claim = events.claim_event(
@@ -50,6 +47,6 @@ def process(
             result: dict[str, Any] = {"ignored": f"no effect for {envelope.event_type}"}
             events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
             return result
-        result = handler(conn, envelope, stages)
+        result = handler(conn, envelope)
         events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
         return result

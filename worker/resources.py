@@ -1,4 +1,4 @@
-"""Per-process resources: one engine and one stage cache, made lazily after fork."""
+"""Per-process resources: one engine, made lazily after fork."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ from sqlalchemy import Engine
 
 from common.settings import get_settings
 from db.engine import make_engine
-from worker.stages import StageCache
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
-stages = StageCache()
 
 
 def engine() -> Engine:
     global _engine, _engine_pid
     if _engine is None or _engine_pid != os.getpid():
-        _engine = make_engine(get_settings().pg_url(), pool_size=1, application_name="worker")
+        settings = get_settings()
+        _engine = make_engine(
+            settings.pg_url(),
+            pool_size=1,
+            application_name="worker",
+            lock_timeout_ms=settings.pg_lock_timeout_ms,
+        )
         _engine_pid = os.getpid()
     return _engine
 
@@ -28,7 +32,6 @@ def reset() -> None:
     global _engine, _engine_pid
     _engine = None
     _engine_pid = None
-    stages.clear()
 
 
 def dispose() -> None:

@@ -1,27 +1,21 @@
-"""The task the receiver's messages name. Delivery rules are declared here and in worker.app."""
+"""The task the receiver's messages name. Its delivery rules live in worker.delivery.EventTask
+and worker.app; the work itself in worker.processing."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-from celery import Task
 
 from common.envelope import TASK_NAME
 from worker import resources
 from worker.app import app
+from worker.delivery import EventTask
 from worker.processing import parse_envelope, process
 
-logger = logging.getLogger("crm.worker")
+
+def _process(envelope: Any, attempts: int) -> dict[str, Any]:
+    return process(resources.engine(), parse_envelope(envelope), attempts=attempts)
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
-def process_event(self: Task[Any, Any], envelope: dict[str, Any]) -> dict[str, Any]:
-    parsed = parse_envelope(envelope)
-    try:
-        return process(
-            resources.engine(), parsed, stages=resources.stages, attempts=self.request.retries + 1
-        )
-    except Exception:
-        resources.stages.clear()
-        raise
+@app.task(name=TASK_NAME, bind=True, base=EventTask)
+def process_event(self: EventTask, envelope: dict[str, Any]) -> dict[str, Any]:
+    return self.deliver(envelope, _process)

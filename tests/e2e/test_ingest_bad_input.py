@@ -202,7 +202,7 @@ def test_receiver_refuses_to_start_with_bypass_in_production(stack_env: dict[str
     env = stack_env | {
         "APP_ENV": "production",
         "DEV_SIGNATURE_BYPASS": "true",
-        "JWT_SECRET": "a-real-jwt-secret-0123456789",
+        "JWT_SECRET": "a-real-jwt-secret-0123456789abcdefghij",
         "PG_PASSWORD": "real-pg-password-1",
         "PG_ADMIN_PASSWORD": "real-pg-password-2",
         "PG_READONLY_PASSWORD": "real-pg-password-3",

@@ -1,0 +1,151 @@
+"""`crm-dlq`: list, inspect, replay and discard dead letters.
+
+Exit codes: 0 all went well, 1 something failed or was not found, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from common.replay import Outcome, Replayer, filters_from
+from common.settings import SettingsError, load_settings
+from db import dead_letters
+from db.engine import make_engine
+from db.tables import DEAD_LETTER_STATUSES
+
+_COLUMNS = ("id", "status", "reason", "provider", "event_type", "attempts", "last_failed_at")
+
+
+def _add_filters(parser: argparse.ArgumentParser, *, status_help: str) -> None:
+    parser.add_argument("--provider", help="only this provider, e.g. instantly")
+    parser.add_argument("--reason", help="only this reason, e.g. config_error")
+    parser.add_argument("--status", choices=DEAD_LETTER_STATUSES, help=status_help)
+    parser.add_argument("--since", help="last failure at or after this ISO 8601 time")
+    parser.add_argument("--until", help="last failure before this ISO 8601 time")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crm-dlq",
+        description="Events that could not be processed wait in the dead-letter store. List and "
+        "inspect them, replay them onto the normal queue once the cause is fixed, or discard "
+        "them. Exit codes: 0 ok, 1 something failed, 2 bad usage.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="list dead letters (default: the open ones)")
+    _add_filters(listing, status_help="open (default), replayed or discarded")
+    listing.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    show = commands.add_parser("show", help="one dead letter: envelope, error, traceback")
+    show.add_argument("id", type=int)
+
+    replay = commands.add_parser(
+        "replay", help="put dead letters' original envelopes back on the queue"
+    )
+    replay.add_argument("ids", type=int, nargs="*", metavar="ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter the filters match")
+    _add_filters(replay, status_help="with --all: open (default), replayed or discarded")
+    replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+
+    discard = commands.add_parser("discard", help="take dead letters off the open list")
+    discard.add_argument("ids", type=int, nargs="+", metavar="ID")
+    return parser
+
+
+def _print_table(rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        print("no dead letters match")
+        return
+    header = [*_COLUMNS, "error"]
+    table = [header] + [
+        [*(str(row[c]) for c in _COLUMNS), f"{row['error_class']}: {row['error_message']}"[:60]]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        print("  ".join([*cells, line[-1]]).rstrip())
+
+
+def _replay(args: argparse.Namespace, replayer: Replayer, filters: dead_letters.Filters) -> int:
+    if args.all == bool(args.ids):
+        print("crm-dlq replay: give dead letter IDs or --all, not both", file=sys.stderr)
+        return 2
+    ids: list[int] = replayer.matching(filters) if args.all else args.ids
+    if args.dry_run:
+        listed = " ".join(str(i) for i in ids) or "-"
+        print(f"dry run: {len(ids)} dead letter(s) would be replayed: {listed}")
+        return 0
+
+    def progress(position: int, outcome: Outcome) -> None:
+        line = f"[{position}/{len(ids)}] dead letter {outcome.dead_letter_id}: {outcome.status}"
+        print(f"{line} {outcome.detail}".rstrip(), flush=True)
+
+    counts = replayer.replay_many(ids, progress)
+    print(f"replayed {counts['replayed']}, skipped {counts['skipped']}, failed {counts['failed']}")
+    # Named IDs that were not there are a failure of the request; --all matched what exists.
+    return 1 if counts["failed"] or (args.ids and counts["skipped"]) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        options = ("provider", "reason", "status", "since", "until", "limit")
+        filters = filters_from({k: getattr(args, k, None) for k in options}, default_status="open")
+    except (SettingsError, ValueError) as exc:
+        print(f"crm-dlq: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.pg_url(), pool_size=1, application_name="crm-dlq")
+    client = redis.Redis.from_url(settings.celery_broker_url, socket_connect_timeout=5)
+    try:
+        with engine.connect() as conn:
+            if args.command == "list":
+                rows = dead_letters.list_dead_letters(conn, filters)
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                else:
+                    _print_table(rows)
+                return 0
+            if args.command == "show":
+                row = dead_letters.get_dead_letter(conn, dead_letter_id=args.id)
+                if row is None:
+                    print(f"crm-dlq: no dead letter {args.id}", file=sys.stderr)
+                    return 1
+                print(json.dumps(row, indent=2))
+                return 0
+        if args.command == "discard":
+            missing = []
+            with engine.begin() as conn:
+                for dead_letter_id in args.ids:
+                    if not dead_letters.discard(conn, dead_letter_id=dead_letter_id):
+                        missing.append(dead_letter_id)
+            print(f"discarded {len(args.ids) - len(missing)}")
+            if missing:
+                print(f"crm-dlq: not found or already discarded: {missing}", file=sys.stderr)
+            return 1 if missing else 0
+        return _replay(args, Replayer(engine, client, settings.idempotency_ttl_seconds), filters)
+    except (SQLAlchemyError, RedisError) as exc:
+        where = f"{settings.pg_host}:{settings.pg_port}"
+        print(
+            f"crm-dlq: {type(exc).__name__}: are PostgreSQL ({where}) and Redis up?",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        client.close()
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""The dead-letter store: one row per event that could not be processed, until replayed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Select, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from db.tables import dead_letters, webhook_events
+
+_SUMMARY = (
+    dead_letters.c.id,
+    dead_letters.c.event_id,
+    dead_letters.c.provider,
+    dead_letters.c.event_type,
+    dead_letters.c.reason,
+    dead_letters.c.error_class,
+    dead_letters.c.error_message,
+    dead_letters.c.attempts,
+    dead_letters.c.status,
+    dead_letters.c.replay_count,
+    dead_letters.c.first_failed_at,
+    dead_letters.c.last_failed_at,
+    dead_letters.c.replayed_at,
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    provider: str | None = None
+    reason: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+def record(
+    conn: Connection,
+    *,
+    event_id: UUID,
+    provider: str,
+    event_type: str,
+    envelope: dict[str, Any],
+    reason: str,
+    error_class: str,
+    error_message: str,
+    traceback: str | None,
+    attempts: int,
+) -> int:
+    """Open (or reopen) the event's dead letter; a replay that fails again grows the same row."""
+    stmt = insert(dead_letters).values(
+        event_id=event_id,
+        provider=provider,
+        event_type=event_type,
+        envelope=envelope,
+        reason=reason,
+        error_class=error_class,
+        error_message=error_message,
+        traceback=traceback,
+        attempts=attempts,
+        status="open",
+    )
+    upsert = stmt.on_conflict_do_update(
+        constraint="uniq_dead_letters_event",
+        set_={
+            "reason": stmt.excluded.reason,
+            "error_class": stmt.excluded.error_class,
+            "error_message": stmt.excluded.error_message,
+            "traceback": stmt.excluded.traceback,
+            "attempts": dead_letters.c.attempts + stmt.excluded.attempts,
+            "status": "open",
+            "last_failed_at": func.now(),
+            "updated_at": func.now(),
+        },
+    ).returning(dead_letters.c.id)
+    return int(conn.execute(upsert).scalar_one())
+
+
+def mark_event_dead(
+    conn: Connection,
+    *,
+    event_id: UUID,
+    provider: str,
+    event_type: str,
+    idempotency_key: str,
+    payload: dict[str, Any],
+    received_at: datetime,
+    attempts: int,
+    error: str,
+) -> None:
+    """Let `GET /events/{id}` say `dead`, unless another delivery already processed the event."""
+    stmt = insert(webhook_events).values(
+        id=event_id,
+        provider=provider,
+        event_type=event_type,
+        idempotency_key=idempotency_key,
+        payload=payload,
+        received_at=received_at,
+        status="dead",
+        attempts=attempts,
+        error=error,
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            constraint="uniq_webhook_events_key",
+            set_={
+                "status": "dead",
+                "attempts": webhook_events.c.attempts + stmt.excluded.attempts,
+                "error": stmt.excluded.error,
+                "updated_at": func.now(),
+            },
+            where=webhook_events.c.status.not_in(("processed", "ignored")),
+        )
+    )
+
+
+def _filtered(query: Select[Any], filters: Filters) -> Select[Any]:
+    if filters.provider:
+        query = query.where(dead_letters.c.provider == filters.provider)
+    if filters.reason:
+        query = query.where(dead_letters.c.reason == filters.reason)
+    if filters.status:
+        query = query.where(dead_letters.c.status == filters.status)
+    if filters.since:
+        query = query.where(dead_letters.c.last_failed_at >= filters.since)
+    if filters.until:
+        query = query.where(dead_letters.c.last_failed_at < filters.until)
+    return query.order_by(dead_letters.c.id).limit(filters.limit)
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    return {
+        key: (value.isoformat() if isinstance(value, datetime) else value)
+        for key, value in row._mapping.items()
+    } | {"event_id": str(row.event_id)}
+
+
+def list_dead_letters(conn: Connection, filters: Filters) -> list[dict[str, Any]]:
+    return [_plain(row) for row in conn.execute(_filtered(select(*_SUMMARY), filters))]
+
+
+def get_dead_letter(conn: Connection, *, dead_letter_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(*_SUMMARY, dead_letters.c.envelope, dead_letters.c.traceback).where(
+            dead_letters.c.id == dead_letter_id
+        )
+    ).first()
+    return None if row is None else _plain(row)
+
+
+def matching_ids(conn: Connection, filters: Filters) -> list[int]:
+    return list(conn.execute(_filtered(select(dead_letters.c.id), filters)).scalars())
+
+
+def claim_for_replay(conn: Connection, *, dead_letter_id: int) -> dict[str, Any] | None:
+    """Mark one dead letter replayed and return its envelope; None if it does not exist or was
+    discarded. The row stays locked until the caller commits, after queueing the envelope, so a
+    worker that fails the replay again reopens the row only after this mark."""
+    row = conn.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.status != "discarded")
+        .values(
+            status="replayed",
+            replay_count=dead_letters.c.replay_count + 1,
+            replayed_at=func.now(),
+            updated_at=func.now(),
+        )
+        .returning(dead_letters.c.envelope)
+    ).first()
+    return None if row is None else dict(row.envelope)
+
+
+def discard(conn: Connection, *, dead_letter_id: int) -> bool:
+    """Take a dead letter off the open list. The row stays, for the record."""
+    done = conn.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.status != "discarded")
+        .values(status="discarded", updated_at=func.now())
+    )
+    return bool(done.rowcount)

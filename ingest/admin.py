@@ -1,0 +1,148 @@
+"""Admin routes over the dead-letter store: GET for readers and admins, replay for admins."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from common.replay import Replayer, filters_from
+from common.settings import Settings
+from db import dead_letters
+from ingest.responses import error
+from ingest.status import AuthFailed, authorize, engine
+
+_MAX_FILTER_BODY = 64 * 1024
+
+
+def _replayer(app: Starlette) -> Replayer:
+    if getattr(app.state, "replayer", None) is None:
+        settings: Settings = app.state.settings
+        client = redis.Redis.from_url(
+            settings.celery_broker_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        app.state.replayer = Replayer(engine(app), client, settings.idempotency_ttl_seconds)
+    replayer: Replayer = app.state.replayer
+    return replayer
+
+
+def _dead_letter_id(request: Request) -> int | None:
+    raw = request.path_params["dead_letter_id"]
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+
+async def list_dead_letters(request: Request) -> Response:
+    try:
+        authorize(request, "reader", "admin")
+        filters = filters_from(request.query_params, default_status="open")
+    except AuthFailed as exc:
+        return error(exc.status_code, exc.message)
+    except ValueError as exc:
+        return error(400, str(exc))
+
+    def query() -> list[dict[str, Any]]:
+        with engine(request.app).connect() as conn:
+            return dead_letters.list_dead_letters(conn, filters)
+
+    try:
+        rows = await run_in_threadpool(query)
+    except SQLAlchemyError:
+        return error(503, "Database unavailable, retry later")
+    return JSONResponse({"dead_letters": rows, "count": len(rows)})
+
+
+async def show_dead_letter(request: Request) -> Response:
+    try:
+        authorize(request, "reader", "admin")
+    except AuthFailed as exc:
+        return error(exc.status_code, exc.message)
+    dead_letter_id = _dead_letter_id(request)
+    if dead_letter_id is None:
+        return error(404, "Unknown dead letter")
+
+    def query() -> dict[str, Any] | None:
+        with engine(request.app).connect() as conn:
+            return dead_letters.get_dead_letter(conn, dead_letter_id=dead_letter_id)
+
+    try:
+        row = await run_in_threadpool(query)
+    except SQLAlchemyError:
+        return error(503, "Database unavailable, retry later")
+    if row is None:
+        return error(404, "Unknown dead letter")
+    return JSONResponse(row)
+
+
+async def replay_dead_letter(request: Request) -> Response:
+    try:
+        authorize(request, "admin")
+    except AuthFailed as exc:
+        return error(exc.status_code, exc.message)
+    dead_letter_id = _dead_letter_id(request)
+    if dead_letter_id is None:
+        return error(404, "Unknown dead letter")
+    outcome = await run_in_threadpool(_replayer(request.app).replay_one, dead_letter_id)
+    if outcome.status == "skipped":
+        return error(404, "Unknown or discarded dead letter")
+    if outcome.status == "failed":
+        return error(503, f"Replay failed: {outcome.detail}")
+    return JSONResponse(
+        {"status": "replayed", "dead_letter_id": dead_letter_id, "event_id": outcome.detail},
+        status_code=202,
+    )
+
+
+async def replay_matching(request: Request) -> Response:
+    try:
+        authorize(request, "admin")
+    except AuthFailed as exc:
+        return error(exc.status_code, exc.message)
+    body = await request.body()
+    if len(body) > _MAX_FILTER_BODY:
+        return error(413, "Body too large")
+    try:
+        params = json.loads(body) if body.strip() else {}
+    except (UnicodeDecodeError, ValueError):
+        return error(400, "Body is not valid UTF-8 JSON")
+    if not isinstance(params, dict):
+        return error(400, "Body must be a JSON object")
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        return error(400, "'dry_run' must be true or false")
+    try:
+        filters = filters_from(params, default_status="open")
+    except ValueError as exc:
+        return error(400, str(exc))
+    replayer = _replayer(request.app)
+    try:
+        ids = await run_in_threadpool(replayer.matching, filters)
+    except SQLAlchemyError:
+        return error(503, "Database unavailable, retry later")
+    if dry_run:
+        return JSONResponse({"matched": len(ids), "replayed": 0, "dry_run": True, "ids": ids})
+    counts = await run_in_threadpool(replayer.replay_many, ids)
+    return JSONResponse(
+        {"matched": len(ids), "dry_run": False, "ids": ids, **counts}, status_code=202
+    )
+
+
+def dispose(app: Starlette) -> None:
+    replayer = getattr(app.state, "replayer", None)
+    if replayer is not None:
+        replayer.close()
+        app.state.replayer = None
+
+
+routes = [
+    Route("/admin/dead-letters", list_dead_letters, methods=["GET"]),
+    Route("/admin/dead-letters/replay", replay_matching, methods=["POST"]),
+    Route("/admin/dead-letters/{dead_letter_id}", show_dead_letter, methods=["GET"]),
+    Route("/admin/dead-letters/{dead_letter_id}/replay", replay_dead_letter, methods=["POST"]),
+]
