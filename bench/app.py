@@ -1,0 +1,59 @@
+"""The real receiver with two reference routes beside it, served by the same uvicorn process
+with the same settings, so the three figures differ only in the work each route does.
+
+- /bench/bare: read the body, answer 202 — the framework's ceiling.
+- /bench/floor: verify the HMAC, claim a key and LPUSH the raw body in one EVALSHA — the
+  least work our job can do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingest.app import create_app
+
+FLOOR_LUA = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 600) then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+async def bare(request: Request) -> Response:
+    await request.body()
+    return JSONResponse({"status": "queued"}, status_code=202)
+
+
+async def floor(request: Request) -> Response:
+    body = await request.body()
+    secret = request.app.state.settings.hmac_secrets_instantly[0].get().encode()
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    given = request.headers.get("x-instantly-signature", "").removeprefix("sha256=")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return JSONResponse({"error": "Missing or invalid signature"}, status_code=401)
+    state = request.app.state
+    if getattr(state, "floor_script", None) is None:
+        state.floor_script = state.redis.register_script(FLOOR_LUA)  # no I/O until first call
+    script = state.floor_script
+    if not await script(keys=[f"bench:floor:{expected}", "bench:floor:queue"], args=[body]):
+        return JSONResponse({"error": "Duplicate event"}, status_code=409)
+    return JSONResponse({"status": "queued"}, status_code=202)
+
+
+def create_bench_app() -> Starlette:
+    app = create_app()
+    app.router.routes.extend(
+        [
+            Route("/bench/bare", bare, methods=["POST"]),
+            Route("/bench/floor", floor, methods=["POST"]),
+        ]
+    )
+    return app

@@ -1,0 +1,387 @@
+"""`make bench`: six measurements in one run, each against a reference from the same run.
+
+1 bare   2 floor   3 ingest (wrk, distinct signed bodies)   4 drain (workers at concurrency 1
+and 2 against a plain psycopg2 loop)   5 end to end at half the drain capacity   6 peak memory.
+Writes bench/results.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import create_engine, pool, text
+
+from bench.reference import run_reference
+from bench.stack import (
+    ROOT,
+    Child,
+    bench_env,
+    envelope_for,
+    sample_payload,
+    start_receiver,
+    start_worker,
+    wait_until,
+)
+from common.envelope import QUEUE_NAME
+from common.queue import TaskMessageBuilder
+from common.settings import Settings, load_settings
+from db.cli import bootstrap, migrate, superuser_url
+
+RESULTS = ROOT / "bench" / "results.json"
+SECRET = "bench-instantly-secret"  # noqa: S105 - a throwaway secret of the scratch stack
+
+
+def _write_bodies(path: Path, count: int) -> None:
+    with path.open("w") as out:
+        for index in range(count):
+            body = json.dumps(sample_payload(index, "wrk"), separators=(",", ":"))
+            signature = hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+            out.write(f"sha256={signature}\t{body}\n")
+
+
+def _wrk(
+    url: str, path: str, bodies: Path, seconds: float, connections: int, delay_ms: int = 0
+) -> dict[str, Any]:
+    env = os.environ | {
+        "BENCH_PATH": path,
+        "BENCH_BODIES": str(bodies),
+        "BENCH_DELAY_MS": str(delay_ms),
+    }
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency",
+        "-s", str(ROOT / "bench" / "post.lua"), url,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    seconds_run = summary["duration_us"] / 1e6
+    summary["rps"] = round(summary["requests"] / seconds_run, 1)
+    summary["p50_ms"] = round(summary["p50_us"] / 1000, 3)
+    summary["p99_ms"] = round(summary["p99_us"] / 1000, 3)
+    return summary
+
+
+def _reset(settings: Settings, client: redis.Redis) -> None:
+    client.flushdb()
+    engine = create_engine(
+        superuser_url(settings, database=settings.pg_database), poolclass=pool.NullPool
+    )
+    tables = "activities, deals, contacts, companies, webhook_events, dead_letters"
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+    engine.dispose()
+
+
+def _scalar(settings: Settings, sql: str) -> Any:
+    engine = create_engine(
+        superuser_url(settings, database=settings.pg_database), poolclass=pool.NullPool
+    )
+    with engine.connect() as conn:
+        value = conn.execute(text(sql)).scalar()
+    engine.dispose()
+    return value
+
+
+def measure_ingest(
+    args: argparse.Namespace, url: str, bodies: Path, settings: Settings, client: redis.Redis
+) -> dict[str, Any]:
+    routes = {"bare": "/bench/bare", "floor": "/bench/floor", "ingest": "/webhooks/instantly"}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
+    for path in routes.values():  # warm-up: imports, pools, script cache
+        _wrk(url, path, bodies, 1, args.connections)
+        client.flushdb()
+    for _ in range(args.rounds):  # interleaved, so drift hits all three alike
+        for name, path in routes.items():
+            result = _wrk(url, path, bodies, args.seconds, args.connections)
+            if result["non_2xx"] or result["wrapped"] or result["socket_errors"]:
+                raise RuntimeError(f"bench: {name} run was not clean: {result}")
+            runs[name].append(result)
+            client.flushdb()
+    best = {name: max(results, key=lambda r: r["rps"]) for name, results in runs.items()}
+    return {
+        **best,
+        "all_rps": {name: [r["rps"] for r in results] for name, results in runs.items()},
+        "ingest_over_floor": round(best["ingest"]["rps"] / best["floor"]["rps"], 3),
+        "ingest_over_bare": round(best["ingest"]["rps"] / best["bare"]["rps"], 3),
+    }
+
+
+def _queue_events(client: redis.Redis, count: int, tag: str) -> None:
+    builder = TaskMessageBuilder()
+    pipe = client.pipeline(transaction=False)
+    for index in range(count):
+        envelope = envelope_for(sample_payload(index, tag), f"bench:{tag}:{index}")
+        pipe.lpush(QUEUE_NAME, builder.build(envelope))
+    pipe.execute()
+
+
+def _drain_rate(settings: Settings, count: int) -> float:
+    first, last = _scalar(
+        settings,
+        "SELECT json_build_array(extract(epoch FROM min(processed_at)),"
+        " extract(epoch FROM max(processed_at))) FROM webhook_events WHERE status = 'processed'",
+    )
+    return float((count - 1) / (last - first))
+
+
+def measure_drain(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    settings: Settings,
+    client: redis.Redis,
+    log_dir: Path,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"events": args.drain_events}
+    _reset(settings, client)
+    envelopes = [
+        envelope_for(sample_payload(i, "ref"), f"bench:ref:{i}") for i in range(args.drain_events)
+    ]
+    dsn = settings.pg_url().replace("postgresql+psycopg2://", "postgresql://")
+    result["reference_eps"] = round(run_reference(dsn, envelopes), 1)
+    for concurrency in (1, 2):
+        _reset(settings, client)
+        _queue_events(client, args.drain_events, f"c{concurrency}")
+        worker = start_worker(env, concurrency, log_dir)
+        try:
+            wait_until(
+                lambda: (
+                    _scalar(
+                        settings, "SELECT count(*) FROM webhook_events WHERE status = 'processed'"
+                    )
+                    == args.drain_events
+                ),
+                600,
+                f"{args.drain_events} events at concurrency {concurrency}",
+            )
+            result[f"memory_worker_c{concurrency}_mb"] = worker.peak_rss_mb()
+        finally:
+            worker.stop()
+        duplicates = _scalar(settings, "SELECT count(*) - count(DISTINCT contact_id) FROM deals")
+        activities = _scalar(settings, "SELECT count(*) FROM activities")
+        if duplicates or activities != args.drain_events:
+            raise RuntimeError(f"bench: effects not exactly once at concurrency {concurrency}")
+        result[f"concurrency_{concurrency}_eps"] = round(
+            _drain_rate(settings, args.drain_events), 1
+        )
+    result["c1_over_reference"] = round(result["concurrency_1_eps"] / result["reference_eps"], 3)
+    result["c2_over_reference"] = round(result["concurrency_2_eps"] / result["reference_eps"], 3)
+    return result
+
+
+def measure_end_to_end(
+    args: argparse.Namespace,
+    url: str,
+    bodies: Path,
+    env: dict[str, str],
+    settings: Settings,
+    client: redis.Redis,
+    log_dir: Path,
+    capacity: float,
+) -> dict[str, Any]:
+    """POST to committed rows at half the measured drain capacity (a fixed rate from wrk)."""
+    _reset(settings, client)
+    rate = capacity / 2
+    connections = 10
+    worker = start_worker(env, 2, log_dir)
+    try:
+        # One event through first, so the worker's start-up is not counted as latency.
+        warm = json.dumps(sample_payload(0, "warm")).encode()
+        signature = hmac.new(SECRET.encode(), warm, hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json", "X-Instantly-Signature": signature}
+        httpx.post(f"{url}/webhooks/instantly", content=warm, headers=headers).raise_for_status()
+        wait_until(lambda: _count(settings, "processed") == 1, 60, "the warm-up event")
+        delay_ms = int(connections * 1000 / rate)
+        run = _wrk(url, "/webhooks/instantly", bodies, args.seconds * 2, connections, delay_ms)
+        sent = run["requests"]
+        wait_until(lambda: _count(settings, "processed") == sent + 1, 120, "end-to-end events")
+        peaks = worker.peak_rss_mb()
+    finally:
+        worker.stop()
+    return {
+        "target_rate": round(rate, 1),
+        "achieved_rate": round(sent / (run["duration_us"] / 1e6), 1),
+        "events": sent,
+        "p50_ms": round(_scalar(settings, _LATENCY.format(fraction=0.5)), 2),
+        "p99_ms": round(_scalar(settings, _LATENCY.format(fraction=0.99)), 2),
+        "memory_worker_c2_mb": peaks,
+    }
+
+
+# Receipt (stamped by the receiver) to commit (clock_timestamp() in the worker's transaction).
+_LATENCY = (
+    "SELECT percentile_cont({fraction}) WITHIN GROUP"
+    " (ORDER BY extract(epoch FROM processed_at - received_at) * 1000)"
+    " FROM webhook_events WHERE payload->>'email_id' NOT LIKE 'warm-%'"
+)
+
+
+def _count(settings: Settings, status: str) -> int:
+    sql = "SELECT count(*) FROM webhook_events WHERE status = '{}'".format  # fixed statuses only
+    return int(_scalar(settings, sql(status)))
+
+
+def _machine() -> dict[str, Any]:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return {"cores": os.cpu_count(), "cpu": model, "kernel": platform.release()}
+
+
+def _versions(settings: Settings, client: redis.Redis) -> dict[str, str]:
+    packages = ("starlette", "uvicorn", "celery", "kombu", "redis", "sqlalchemy", "psycopg2-binary")
+    versions = {name: importlib.metadata.version(name) for name in packages}
+    versions["python"] = platform.python_version()
+    versions["postgresql"] = str(_scalar(settings, "SHOW server_version"))
+    versions["redis-server"] = str(client.info("server")["redis_version"])
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    versions["wrk"] = (wrk.stdout or wrk.stderr).split()[1]
+    return versions
+
+
+def _table(results: dict[str, Any]) -> str:
+    ingest, drain, e2e = results["ingest"], results["drain"], results["end_to_end"]
+    rows = [
+        (
+            "1 bare",
+            f"{ingest['bare']['rps']:,.0f} req/s",
+            f"p50 {ingest['bare']['p50_ms']} ms, p99 {ingest['bare']['p99_ms']} ms",
+        ),
+        (
+            "2 floor",
+            f"{ingest['floor']['rps']:,.0f} req/s",
+            f"p50 {ingest['floor']['p50_ms']} ms, p99 {ingest['floor']['p99_ms']} ms",
+        ),
+        (
+            "3 ingest",
+            f"{ingest['ingest']['rps']:,.0f} req/s",
+            f"p50 {ingest['ingest']['p50_ms']} ms, p99 {ingest['ingest']['p99_ms']} ms; "
+            f"ingest/floor {ingest['ingest_over_floor']}, ingest/bare {ingest['ingest_over_bare']}",
+        ),
+        (
+            "4 drain ref",
+            f"{drain['reference_eps']:,.0f} ev/s",
+            "psycopg2 loop, one transaction per event",
+        ),
+        (
+            "4 drain c=1",
+            f"{drain['concurrency_1_eps']:,.0f} ev/s",
+            f"{drain['c1_over_reference']} x reference",
+        ),
+        (
+            "4 drain c=2",
+            f"{drain['concurrency_2_eps']:,.0f} ev/s",
+            f"{drain['c2_over_reference']} x reference",
+        ),
+        (
+            "5 end to end",
+            f"{e2e['achieved_rate']:,.0f} ev/s",
+            f"POST to commit p50 {e2e['p50_ms']} ms, p99 {e2e['p99_ms']} ms",
+        ),
+        (
+            "6 memory",
+            f"{results['memory']['receiver_peak_rss_mb']} MB",
+            f"receiver; workers c=2 (main, children) {results['memory']['worker_c2_mb']} MB",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a.ljust(width)}  {b.rjust(14)}  {c}" for a, b, c in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--drain-events", type=int, default=3000, help="events per drain run")
+    parser.add_argument("--redis-db", type=int, default=15, help="scratch Redis DB (flushed)")
+    parser.add_argument("--port", type=int, default=18080)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print(
+            "bench: wrk is not installed (make bench installs it: apt-get install wrk)",
+            file=sys.stderr,
+        )
+        return 2
+
+    database = f"crm_bench_{uuid.uuid4().hex[:8]}"
+    env = bench_env(database, args.redis_db)
+    settings = load_settings(env)
+    client = redis.Redis.from_url(settings.redis_url)
+    log_dir = ROOT / "bench" / "out"
+    log_dir.mkdir(exist_ok=True)
+    bodies = log_dir / "bodies.tsv"
+    url = f"http://127.0.0.1:{args.port}"
+    receiver: Child | None = None
+    bootstrap(settings, echo=lambda _: None)
+    try:
+        migrate(settings)
+        _write_bodies(Path(f"{bodies}.1"), int(args.seconds * 20_000))
+        receiver = start_receiver(env, args.port, log_dir)
+        results: dict[str, Any] = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": _machine(),
+            "versions": _versions(settings, client),
+            "settings": {
+                "receiver": "uvicorn, 1 process, uvloop + httptools",
+                "wrk": f"1 thread, {args.connections} connections, "
+                f"{args.seconds}s x {args.rounds} rounds",
+                "drain_events": args.drain_events,
+                "worker": "celery prefork, acks_late, prefetch 1",
+            },
+        }
+        print("bench: 1-3 bare / floor / ingest ...", file=sys.stderr)
+        results["ingest"] = measure_ingest(args, url, bodies, settings, client)
+        print("bench: 4 drain ...", file=sys.stderr)
+        results["drain"] = measure_drain(args, env, settings, client, log_dir)
+        print("bench: 5 end to end ...", file=sys.stderr)
+        results["end_to_end"] = measure_end_to_end(
+            args, url, bodies, env, settings, client, log_dir, results["drain"]["concurrency_2_eps"]
+        )
+        results["memory"] = {
+            "receiver_peak_rss_mb": receiver.peak_rss_mb()[0],
+            "worker_c1_mb": results["drain"].pop("memory_worker_c1_mb"),
+            "worker_c2_mb": results["drain"].pop("memory_worker_c2_mb"),
+        }
+        results["ingest_over_floor"] = results["ingest"]["ingest_over_floor"]
+        results["drain_over_reference"] = results["drain"]["c2_over_reference"]
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(_table(results))
+        print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    finally:
+        if receiver is not None:
+            receiver.stop()
+        client.flushdb()
+        client.close()
+        _drop(settings)
+        for path in log_dir.glob("bodies.tsv*"):
+            path.unlink()
+    return 0
+
+
+def _drop(settings: Settings) -> None:
+    engine = create_engine(
+        superuser_url(settings), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool
+    )
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{settings.pg_database}" WITH (FORCE)'))
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Processes and scratch state for the benchmark: a scratch database and Redis DB it drops
+afterwards, the receiver and workers as real processes, their peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common.envelope import QUEUE_NAME, Envelope
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "instantly" / "reply_received.json"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench: timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Child:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def peak_rss_mb(self) -> list[float]:
+        """VmHWM of the process and of each direct child (a prefork worker's pool)."""
+        pids = [self.popen.pid]
+        children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        peaks = []
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(round(int(line.split()[1]) / 1024, 1))
+        return peaks
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+def start_receiver(env: dict[str, str], port: int, log_dir: Path) -> Child:
+    command = [
+        sys.executable, "-m", "uvicorn", "bench.app:create_bench_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    child = Child("receiver", command, env, log_dir)
+
+    def healthy() -> bool:
+        if not child.alive():
+            raise RuntimeError(f"bench: receiver exited; see {child.log_path}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(healthy, 30, "the receiver")
+    return child
+
+
+def start_worker(env: dict[str, str], concurrency: int, log_dir: Path) -> Child:
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", QUEUE_NAME,
+        "--concurrency", str(concurrency), "--loglevel", "WARNING", "-n", f"bench{concurrency}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    return Child(f"worker-c{concurrency}", command, env, log_dir)
+
+
+def sample_payload(index: int, tag: str) -> dict[str, Any]:
+    """A realistic reply from a lead of its own, at a company of its own."""
+    payload: dict[str, Any] = json.loads(FIXTURE.read_text())
+    email = f"lead{index}.{tag}@co{index}-{tag}.example.com"
+    payload.update(
+        lead_email=email,
+        email=email,
+        email_id=f"{tag}-{index}",
+        companyName=f"Company {index} {tag}",
+        website=None,
+    )
+    payload.pop("website")
+    return payload
+
+
+def envelope_for(payload: dict[str, Any], key: str) -> Envelope:
+    return Envelope(
+        event_id=str(uuid.uuid4()),
+        provider="instantly",
+        event_type=str(payload["event_type"]),
+        idempotency_key=key,
+        received_at=datetime.now(UTC).isoformat(),
+        payload=payload,
+    )
+
+
+def bench_env(database: str, redis_db: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "REDIS_", "CELERY_"))}
+    env.update(
+        APP_ENV="development",
+        LOG_LEVEL="warning",
+        PG_DATABASE=database,
+        REDIS_URL=f"redis://127.0.0.1:6379/{redis_db}",
+        HMAC_SHARED_SECRET_INSTANTLY="bench-instantly-secret",  # noqa: S106 - scratch stack
+    )
+    return env

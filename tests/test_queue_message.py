@@ -1,0 +1,51 @@
+"""The receiver's fast message builder must produce what Celery's own `send_task` would."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from celery import Celery
+
+from common.envelope import QUEUE_NAME, TASK_NAME, Envelope
+from common.queue import TaskMessageBuilder
+
+ENVELOPE = Envelope(
+    event_id="6f0c2f1e-7d4a-4b8e-9a31-0d7c6e5b4a29",
+    provider="instantly",
+    event_type="reply_received",
+    idempotency_key="sha256:abc",
+    received_at="2026-11-20T09:14:03.512000+00:00",
+    payload={"event_type": "reply_received", "lead_email": "a@b.de", "nested": {"x": [1, 2]}},
+)
+
+
+def test_message_matches_celerys_own_builder() -> None:
+    built = json.loads(TaskMessageBuilder().build(ENVELOPE))
+    reference = Celery("reference", set_as_current=False).amqp.as_task_v2(
+        ENVELOPE.event_id, TASK_NAME, args=(ENVELOPE.to_dict(),), kwargs={}
+    )
+
+    assert built["content-type"] == "application/json"
+    assert built["content-encoding"] == "utf-8"
+    body = json.loads(base64.b64decode(built["body"]))
+    assert body == json.loads(json.dumps(reference.body))
+
+    ignored = {"origin", "argsrepr", "kwargsrepr"}  # who sent it and how it prints
+    expected_headers = {k: v for k, v in reference.headers.items() if k not in ignored}
+    assert {k: v for k, v in built["headers"].items() if k not in ignored} == json.loads(
+        json.dumps(expected_headers)
+    )
+    assert set(built["headers"]) == set(reference.headers)
+
+    properties = built["properties"]
+    assert properties["correlation_id"] == ENVELOPE.event_id
+    assert properties["delivery_info"] == {"exchange": "", "routing_key": QUEUE_NAME}
+    assert properties["body_encoding"] == "base64"
+    assert {"delivery_mode", "priority", "delivery_tag", "reply_to"} <= set(properties)
+
+
+def test_every_message_gets_its_own_delivery_tag() -> None:
+    builder = TaskMessageBuilder()
+    first, second = (json.loads(builder.build(ENVELOPE)) for _ in range(2))
+    assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
