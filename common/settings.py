@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 APP_ENVS = ("development", "test", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+FAULT_POINTS = ("exit_before_enqueue", "exit_after_enqueue")
 
 # Values that mean "nobody chose a secret yet". Checked case-insensitively.
 _PLACEHOLDERS = frozenset(
@@ -86,6 +87,7 @@ class Settings:
 
     idempotency_ttl_seconds: int = 7 * 24 * 3600
     max_body_bytes: int = 1_048_576
+    body_timeout_seconds: int = 10
     ingest_port: int = 8000
     worker_concurrency: int = 2
     # Must exceed the longest a task can run plus its longest retry countdown, or the broker
@@ -94,6 +96,8 @@ class Settings:
     # With the backoff below (1, 2, 4 … 600 s) this rides out about an hour of outage.
     task_max_retries: int = 15
     task_retry_backoff_max: int = 600
+    # Test-only crash points in the receiver; refused outside APP_ENV=test.
+    test_fault_injection: str = ""
 
     @property
     def is_production(self) -> bool:
@@ -206,6 +210,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "IDEMPOTENCY_TTL_SECONDS", base.idempotency_ttl_seconds, minimum=1
         ),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", base.max_body_bytes, minimum=1),
+        body_timeout_seconds=_int(
+            env, "BODY_TIMEOUT_SECONDS", base.body_timeout_seconds, minimum=1
+        ),
         ingest_port=_int(env, "INGEST_PORT", base.ingest_port, minimum=1),
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", base.worker_concurrency, minimum=1),
         broker_visibility_timeout=_int(
@@ -215,12 +222,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         task_retry_backoff_max=_int(
             env, "TASK_RETRY_BACKOFF_MAX", base.task_retry_backoff_max, minimum=1
         ),
+        test_fault_injection=_choice(env, "TEST_FAULT_INJECTION", "", ("", *FAULT_POINTS)),
     )
     _validate(settings)
     return settings
 
 
 def _validate(settings: Settings) -> None:
+    if settings.test_fault_injection and settings.app_env != "test":
+        raise SettingsError("TEST_FAULT_INJECTION is only honoured when APP_ENV=test")
     if settings.task_retry_backoff_max >= settings.broker_visibility_timeout:
         raise SettingsError("TASK_RETRY_BACKOFF_MAX must be below BROKER_VISIBILITY_TIMEOUT")
     if not settings.is_production:

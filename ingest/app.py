@@ -3,7 +3,9 @@ parse → claim the idempotency key and enqueue (one Redis round trip) → 202."
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -48,6 +50,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _fault(request: Request, point: str) -> None:
+    """Die here, as a crashed process would, when a test asked for it (APP_ENV=test only)."""
+    if request.app.state.settings.test_fault_injection == point:
+        os._exit(70)
+
+
 def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == "application/json"
 
@@ -60,9 +78,13 @@ async def receive_webhook(request: Request) -> Response:
     if not _is_json(request.headers.get("content-type")):
         return error(415, "Content-Type must be application/json")
     try:
-        body = await _read_body(request, settings.max_body_bytes)
+        # A client trickling its body would otherwise hold the connection open for ever.
+        async with asyncio.timeout(settings.body_timeout_seconds):
+            body = await _read_body(request, settings.max_body_bytes)
     except _TooLarge:
         return error(413, f"Body larger than {settings.max_body_bytes} bytes")
+    except TimeoutError:
+        return error(408, f"Body not received within {settings.body_timeout_seconds} s")
 
     if not provider.verify(request.headers, body, provider.secrets):
         if not settings.dev_signature_bypass:
@@ -75,6 +97,9 @@ async def receive_webhook(request: Request) -> Response:
         return error(400, "Body is not valid UTF-8 JSON")
     if not isinstance(payload, dict):
         return error(400, "Body must be a JSON object")
+    # PostgreSQL text and jsonb cannot hold U+0000: refuse now rather than dead-letter later.
+    if b"\\u0000" in body and _has_nul(payload):
+        return error(400, "Body contains a NUL character (\\u0000), which cannot be stored")
     event_type = provider.event_type(payload)
     if event_type is None:
         return error(400, f"No event type: '{provider.event_type_field}' is missing or empty")
@@ -91,8 +116,10 @@ async def receive_webhook(request: Request) -> Response:
         received_at=datetime.now(UTC).isoformat(),
         payload=payload,
     )
+    _fault(request, "exit_before_enqueue")
     try:
         first = await request.app.state.claimer.claim_and_enqueue(envelope)
+        _fault(request, "exit_after_enqueue")
     except RedisError as exc:
         logger.error(
             "queue unavailable, %s delivery refused: %s", provider.name, type(exc).__name__

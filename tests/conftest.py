@@ -38,6 +38,8 @@ _STRIPPED_NAMES = frozenset(
         "MAX_BODY_BYTES",
         "INGEST_PORT",
         "WORKER_CONCURRENCY",
+        "BODY_TIMEOUT_SECONDS",
+        "TEST_FAULT_INJECTION",
     }
 )
 
