@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck pytest bench lock clean
+.PHONY: help install tools run test lint typecheck pytest bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,13 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv and install the locked dependencies
 
+# wrk drives the soak test and the benchmark: a real load generator, from Debian's packages.
+tools:
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq wrk; } \
+		|| { echo "make: wrk is needed: apt-get install wrk" >&2; exit 1; }
+	@command -v redis-server >/dev/null || { echo "make: redis-server is needed: apt-get install redis-server" >&2; exit 1; }
+
 run: install ## bootstrap + migrate the database, then run the receiver and a worker
 	$(BIN)/crm-run
 
@@ -30,14 +37,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install tools
 	$(BIN)/pytest
 
 test: lint typecheck pytest ## ruff, mypy and the whole test suite (real PostgreSQL, Redis, Celery)
 
-bench: install ## throughput and latency against same-run references; writes bench/results.json
-	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
-		|| { apt-get update -qq && apt-get install -y -qq wrk; }
+bench: install tools ## throughput and latency against same-run references; writes bench/results.json
 	$(BIN)/python -m bench.run
 
 lock: ## re-resolve requirements.lock from pyproject.toml

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from common.settings import Settings, load_settings
 from db.cli import READONLY_ROLE, bootstrap, migrate, superuser_url
 from db.engine import make_engine
+from tests.redis_server import RedisServer
 
 # Whatever configures the app or libpq (PGHOST, PGPASSWORD, ...) on the developer's machine
 # must not reach the tests: they run against the documented local defaults only.
@@ -45,7 +46,6 @@ _STRIPPED_NAMES = frozenset(
 
 TEST_SETTINGS = {
     "APP_ENV": "test",
-    "REDIS_URL": "redis://127.0.0.1:6379/11",
     "LOG_LEVEL": "info",
     "JWT_SECRET": "test-jwt-secret-0123456789abcdef",
     "HMAC_SHARED_SECRET_INSTANTLY": "test-instantly-secret-A,test-instantly-secret-B",
@@ -95,8 +95,16 @@ def _drop_database(settings: Settings) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack_env() -> Iterator[dict[str, str]]:
-    env = _test_env(_fresh_name())
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), "--appendonly", "no")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisServer) -> Iterator[dict[str, str]]:
+    env = _test_env(_fresh_name(), REDIS_URL=redis_server.url)
     settings = load_settings(env)
     try:
         bootstrap(settings, echo=_quiet)
@@ -113,7 +121,10 @@ def settings(stack_env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="session")
 def superuser_engine(settings: Settings) -> Iterator[Engine]:
-    engine = create_engine(superuser_url(settings, database=settings.pg_database))
+    # pre-ping: the reliability suite restarts PostgreSQL under this pool.
+    engine = create_engine(
+        superuser_url(settings, database=settings.pg_database), pool_pre_ping=True
+    )
     yield engine
     engine.dispose()
 

@@ -26,7 +26,13 @@ app = Celery("crm-worker")
 app.conf.update(
     broker_url=settings.celery_broker_url,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout,
+        # How often a worker sweeps for messages whose holder died (kombu's default sweep is
+        # ~100 s apart); a tenth of the visibility timeout, at most a minute.
+        "unacked_restore_interval": min(60, max(1, settings.broker_visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
+    },
     task_default_queue=QUEUE_NAME,
     task_acks_late=True,
     task_reject_on_worker_lost=True,

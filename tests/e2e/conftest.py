@@ -4,10 +4,11 @@ process, against the session's fresh database and a Redis DB of the tests' own."
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,14 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from common.envelope import QUEUE_NAME
+from common.envelope import QUEUE_NAME, Envelope
+from common.queue import TaskMessageBuilder, enqueue
 from common.settings import Settings
 from common.tokens import issue_token
 from tests.helpers import wait_for
+from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Process:
@@ -40,6 +37,17 @@ class Process:
         self.popen = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process and its direct children (a worker's pool), in MB."""
+        pid = self.popen.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total_kb = 0
+        for each in [str(pid), *children]:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        return round(total_kb / 1024, 1)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -125,10 +133,17 @@ def worker(
 
 
 @pytest.fixture(scope="session")
-def receiver(stack_env: dict[str, str], log_dir: Path, redis_client: redis.Redis) -> Iterator[str]:
+def receiver_process(
+    stack_env: dict[str, str], log_dir: Path, redis_client: redis.Redis
+) -> Iterator[tuple[Process, str]]:
     process, url = start_receiver(stack_env, log_dir)
-    yield url
+    yield process, url
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def receiver(receiver_process: tuple[Process, str]) -> str:
+    return receiver_process[1]
 
 
 def queue_idle(client: redis.Redis) -> bool:
@@ -188,3 +203,55 @@ def wait_processed(engine: Engine, event_ids: list[str], timeout: float = 60) ->
         return bool(count == len(event_ids))
 
     wait_for(done, timeout=timeout, message=f"{len(event_ids)} events were not all processed")
+
+
+class IsolatedStack:
+    """Workers and receivers of a test's own, on a Redis DB of their own (the session's stack
+    never sees their messages), with settings the test chooses."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, redis_url: str) -> None:
+        self.env = env | {"REDIS_URL": redis_url}
+        self.client = redis.Redis.from_url(redis_url)
+        self.client.flushdb()
+        self._log_dir = log_dir
+        self._processes: list[Process] = []
+
+    def worker(self, concurrency: int = 1, **overrides: str) -> Process:
+        name = f"worker-{uuid.uuid4().hex[:6]}"
+        process = start_worker(self.env | overrides, self._log_dir, name, concurrency)
+        self._processes.append(process)
+        return process
+
+    def receiver(self, **overrides: str) -> tuple[Process, str]:
+        name = f"receiver-{uuid.uuid4().hex[:6]}"
+        process, url = start_receiver(self.env | overrides, self._log_dir, name)
+        self._processes.append(process)
+        return process, url
+
+    def close(self) -> None:
+        for process in self._processes:
+            process.stop()
+        self.client.flushdb()
+        self.client.close()
+
+
+@pytest.fixture
+def isolated(
+    stack_env: dict[str, str], log_dir: Path, stack: str, redis_server: RedisServer
+) -> Iterator[IsolatedStack]:
+    isolated_stack = IsolatedStack(stack_env, log_dir, redis_server.db_url(1))
+    yield isolated_stack
+    isolated_stack.close()
+
+
+def queue_reply(client: redis.Redis, body: dict[str, Any]) -> str:
+    envelope = Envelope(
+        event_id=str(uuid.uuid4()),
+        provider="instantly",
+        event_type=str(body["event_type"]),
+        idempotency_key=f"test:{uuid.uuid4()}",
+        received_at=datetime.now(UTC).isoformat(),
+        payload=body,
+    )
+    enqueue(client, TaskMessageBuilder(), envelope, ttl=300)
+    return envelope.event_id

@@ -23,11 +23,11 @@ from common.queue import TaskMessageBuilder, enqueue
 from common.tokens import issue_token
 from tests.e2e.conftest import (
     ROOT,
-    Process,
+    IsolatedStack,
     event_status,
     free_port,
+    queue_reply,
     scalar,
-    start_worker,
     wait_processed,
 )
 from tests.e2e.proxy import TcpProxy
@@ -37,7 +37,6 @@ from tests.payloads import encode, reply, signed_headers
 pytestmark = pytest.mark.e2e
 
 CRM_DLQ = str(Path(sys.executable).with_name("crm-dlq"))
-ISOLATED_REDIS = "redis://127.0.0.1:6379/12"
 
 
 def post(url: str, body: dict[str, Any]) -> str:
@@ -91,41 +90,6 @@ def broken_default_pipeline(superuser_engine: Engine) -> Iterator[Callable[[], N
 
     yield fix
     fix()
-
-
-@pytest.fixture
-def isolated_worker(
-    stack_env: dict[str, str], log_dir: Path, stack: str
-) -> Iterator[Callable[..., tuple[Process, redis.Redis]]]:
-    """A worker of the test's own, on a Redis DB of its own, with settings the test chooses."""
-    started: list[tuple[Process, redis.Redis]] = []
-
-    def start(**overrides: str) -> tuple[Process, redis.Redis]:
-        client = redis.Redis.from_url(ISOLATED_REDIS)
-        client.flushdb()
-        env = stack_env | {"REDIS_URL": ISOLATED_REDIS} | overrides
-        process = start_worker(env, log_dir, name=f"worker-{uuid.uuid4().hex[:6]}", concurrency=1)
-        started.append((process, client))
-        return process, client
-
-    yield start
-    for process, client in started:
-        process.stop()
-        client.flushdb()
-        client.close()
-
-
-def queue_reply(client: redis.Redis, body: dict[str, Any]) -> str:
-    envelope = Envelope(
-        event_id=str(uuid.uuid4()),
-        provider="instantly",
-        event_type=str(body["event_type"]),
-        idempotency_key=f"test:{uuid.uuid4()}",
-        received_at=datetime.now(UTC).isoformat(),
-        payload=body,
-    )
-    enqueue(client, TaskMessageBuilder(), envelope, ttl=300)
-    return envelope.event_id
 
 
 def test_reply_without_any_email_is_dead_lettered_once_as_invalid_payload(
@@ -219,10 +183,11 @@ def test_same_dead_letter_replayed_twice_by_cli_and_http_makes_one_deal(
 
 
 def test_postgres_unreachable_for_the_first_attempts_then_processed_with_attempts_recorded(
-    isolated_worker: Callable[..., tuple[Process, redis.Redis]], superuser_engine: Engine
+    isolated: IsolatedStack, superuser_engine: Engine
 ) -> None:
     proxy = TcpProxy(free_port(), ("127.0.0.1", 5432))
-    worker, client = isolated_worker(
+    client = isolated.client
+    worker = isolated.worker(
         PG_PORT=str(proxy.port), TASK_RETRY_BACKOFF_MAX="1", TASK_MAX_RETRIES="30"
     )
     try:
@@ -244,10 +209,11 @@ def test_postgres_unreachable_for_the_first_attempts_then_processed_with_attempt
 
 
 def test_retries_exhausted_is_a_dead_letter_with_every_attempt_counted(
-    isolated_worker: Callable[..., tuple[Process, redis.Redis]], superuser_engine: Engine
+    isolated: IsolatedStack, superuser_engine: Engine
 ) -> None:
     max_retries = 2
-    _, client = isolated_worker(
+    client = isolated.client
+    isolated.worker(
         TASK_MAX_RETRIES=str(max_retries), TASK_RETRY_BACKOFF_MAX="1", PG_LOCK_TIMEOUT_MS="200"
     )
     # A long-running migration holding the deals table: every attempt hits the lock timeout.
@@ -264,10 +230,11 @@ def test_retries_exhausted_is_a_dead_letter_with_every_attempt_counted(
 
 
 def test_dead_letter_survives_postgres_down_at_the_moment_of_failure(
-    isolated_worker: Callable[..., tuple[Process, redis.Redis]], superuser_engine: Engine
+    isolated: IsolatedStack, superuser_engine: Engine
 ) -> None:
     proxy = TcpProxy(free_port(), ("127.0.0.1", 5432))
-    worker, client = isolated_worker(PG_PORT=str(proxy.port))
+    client = isolated.client
+    worker = isolated.worker(PG_PORT=str(proxy.port))
     try:
         # Refused without touching the database, so the dead letter is the first write.
         envelope = Envelope(

@@ -1,0 +1,299 @@
+"""Faults injected into the real stack: accepted deliveries in, committed effects out, counted
+exactly. Each test cleans up every process it starts, also when it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from common.envelope import QUEUE_NAME, Envelope
+from common.queue import TaskMessageBuilder
+from tests.e2e.conftest import IsolatedStack, Process, scalar
+from tests.helpers import wait_for
+from tests.payloads import encode, reply, signed_headers
+from tests.redis_server import RedisServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
+
+PG_CLUSTER = ["pg_ctlcluster", "--skip-systemctl-redirect"]
+
+
+def send_all(url: str, bodies: list[dict[str, Any]], connections: int = 50) -> list[httpx.Response]:
+    """Deliver every body concurrently, each signed, as a sender would."""
+
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=connections)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            raws = [encode(body) for body in bodies]
+            return await asyncio.gather(
+                *(
+                    client.post("/webhooks/instantly", content=raw, headers=signed_headers(raw))
+                    for raw in raws
+                )
+            )
+
+    return asyncio.run(run())
+
+
+def leads(count: int, tag: str) -> list[dict[str, Any]]:
+    return [reply(f"{tag}{i}@{tag}{i}.example.com") for i in range(count)]
+
+
+def safe_count(engine: Engine, sql: str) -> int:
+    """A count that reads 0 while PostgreSQL is restarting, instead of failing the wait."""
+    try:
+        return int(scalar(engine, sql))
+    except OperationalError:
+        return 0
+
+
+PROCESSED = "SELECT count(*) FROM webhook_events WHERE status = 'processed'"
+
+
+def assert_exactly_once(engine: Engine, count: int) -> None:
+    assert scalar(engine, "SELECT count(*) FROM webhook_events") == count
+    assert scalar(engine, PROCESSED) == count
+    assert scalar(engine, "SELECT count(*) FROM contacts") == count
+    assert scalar(engine, "SELECT count(*) FROM deals") == count
+    assert scalar(engine, "SELECT count(*) FROM activities") == count
+    assert scalar(engine, "SELECT count(*) FROM dead_letters") == 0
+
+
+def kill_tree(process: Process) -> None:
+    """SIGKILL a worker and its pool children at once: no warm shutdown, no message restored."""
+    pid = process.popen.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        os.kill(int(child), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    process.popen.wait(timeout=30)
+
+
+def test_worker_killed_mid_burst_every_event_is_processed_exactly_once(
+    isolated: IsolatedStack, superuser_engine: Engine
+) -> None:
+    total = 1000
+    fast_recovery = {"BROKER_VISIBILITY_TIMEOUT": "5", "TASK_RETRY_BACKOFF_MAX": "2"}
+    _, url = isolated.receiver()
+    assert [r.status_code for r in send_all(url, leads(total, "kill"))] == [202] * total
+
+    doomed = isolated.worker(concurrency=2, **fast_recovery)
+    wait_for(lambda: safe_count(superuser_engine, PROCESSED) >= 150, timeout=60, message="no start")
+    kill_tree(doomed)
+    assert safe_count(superuser_engine, PROCESSED) < total, "the burst was over before the kill"
+
+    isolated.worker(concurrency=2, **fast_recovery)
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == total,
+        timeout=180,
+        message="not every accepted event was processed after the kill",
+    )
+    wait_for(lambda: isolated.client.hlen("unacked") == 0, timeout=30, message="unacked left")
+    assert_exactly_once(superuser_engine, total)
+
+
+def _pg_version() -> str:
+    return sorted(os.listdir("/etc/postgresql"))[-1]
+
+
+def _pg_ready() -> bool:
+    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0
+
+
+@pytest.fixture
+def postgres_restarter() -> Iterator[tuple[list[str], list[str]]]:
+    """The commands that stop and start the PostgreSQL every test uses; it is running again
+    afterwards whatever happens."""
+    version = _pg_version()
+    yield [*PG_CLUSTER, version, "main", "stop"], [*PG_CLUSTER, version, "main", "start"]
+    if not _pg_ready():
+        subprocess.run([*PG_CLUSTER, version, "main", "start"], check=True)
+    wait_for(_pg_ready, timeout=60, message="PostgreSQL did not come back")
+
+
+def test_postgres_restarted_mid_burst_every_event_is_processed_exactly_once(
+    isolated: IsolatedStack,
+    superuser_engine: Engine,
+    postgres_restarter: tuple[list[str], list[str]],
+) -> None:
+    total = 600
+    stop, start = postgres_restarter
+    _, url = isolated.receiver()
+    assert [r.status_code for r in send_all(url, leads(total, "pgr"))] == [202] * total
+    worker = isolated.worker(concurrency=2, TASK_RETRY_BACKOFF_MAX="2")
+    wait_for(lambda: safe_count(superuser_engine, PROCESSED) >= 100, timeout=60, message="no start")
+
+    subprocess.run(stop, check=True)
+    wait_for(
+        lambda: "retrying in" in worker.output(),
+        timeout=60,
+        message="the worker did not notice PostgreSQL was gone",
+    )
+    subprocess.run(start, check=True)
+    wait_for(_pg_ready, timeout=60, message="PostgreSQL did not start")
+
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == total,
+        timeout=180,
+        message="not every accepted event was processed after the restart",
+    )
+    assert_exactly_once(superuser_engine, total)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    servers: list[RedisServer] = []
+    yield servers
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+def test_redis_down_gives_503_never_2xx_and_service_resumes_without_restart(
+    isolated: IsolatedStack, own_redis: list[RedisServer], tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path)
+    own_redis.append(server)
+    server.start()
+    _, url = isolated.receiver(REDIS_URL=server.url)
+    bodies = leads(3, "rdown")
+
+    assert send_all(url, bodies[:1])[0].status_code == 202
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+    server.stop()
+    down = send_all(url, bodies[1:2] * 5)
+    assert [r.status_code for r in down] == [503] * 5
+    assert all(r.headers["retry-after"].isdigit() for r in down)
+    assert httpx.get(f"{url}/readyz").status_code == 503
+
+    server.start()
+    wait_for(
+        lambda: httpx.get(f"{url}/readyz").status_code == 200,
+        timeout=30,
+        message="/readyz did not recover",
+    )
+    # The delivery refused while Redis was down is accepted now: nothing of it was left behind.
+    assert send_all(url, bodies[1:3])[0].status_code == 202
+
+
+def test_redis_crash_with_append_only_persistence_keeps_accepted_events(
+    isolated: IsolatedStack,
+    own_redis: list[RedisServer],
+    tmp_path: Path,
+    superuser_engine: Engine,
+) -> None:
+    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    own_redis.append(server)
+    server.start()
+    _, url = isolated.receiver(REDIS_URL=server.url)
+    total = 50
+    assert [r.status_code for r in send_all(url, leads(total, "aof"))] == [202] * total
+
+    server.stop(signal.SIGKILL)  # a crash, not a clean shutdown: nothing is saved on the way out
+    server.start()
+    isolated.worker(REDIS_URL=server.url)
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == total,
+        timeout=60,
+        message="events accepted before the crash were lost",
+    )
+    assert_exactly_once(superuser_engine, total)
+
+
+@pytest.mark.parametrize(
+    ("point", "retry_status"),
+    [("exit_before_enqueue", 202), ("exit_after_enqueue", 409)],
+)
+def test_receiver_dying_around_the_enqueue_loses_nothing_and_doubles_nothing(
+    isolated: IsolatedStack, superuser_engine: Engine, point: str, retry_status: int
+) -> None:
+    doomed, doomed_url = isolated.receiver(TEST_FAULT_INJECTION=point)
+    body = reply("crash.point@example.org")
+    raw = encode(body)
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{doomed_url}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+    doomed.popen.wait(timeout=30)
+    assert doomed.popen.returncode == 70
+
+    # Claim and push are one Redis script: dead before it, nothing is claimed; dead after it,
+    # the event is queued. Either way the sender's retry is answered at once, correctly.
+    _, url = isolated.receiver()
+    retry = httpx.post(f"{url}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+    assert retry.status_code == retry_status
+    isolated.worker()
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == 1,
+        timeout=60,
+        message="the delivery was not processed",
+    )
+    assert_exactly_once(superuser_engine, 1)
+
+
+def test_duplicate_storm_of_a_thousand_gives_one_202_and_one_set_of_rows(
+    stack: str, superuser_engine: Engine
+) -> None:
+    responses = send_all(stack, [reply("storm@example.org")] * 1000, 100)
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(202) == 1, [
+        (r.status_code, r.text) for r in responses if r.status_code != 409
+    ]
+    assert statuses.count(409) == 999
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == 1,
+        timeout=60,
+        message="the accepted delivery was not processed",
+    )
+    assert_exactly_once(superuser_engine, 1)
+
+
+def _blocked_workers(engine: Engine) -> int:
+    return int(
+        scalar(
+            engine,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'worker'"
+            " AND wait_event_type = 'Lock' AND datname = current_database()",
+        )
+    )
+
+
+def test_same_envelope_queued_three_times_while_a_worker_is_mid_transaction(
+    stack: str, superuser_engine: Engine, redis_client: redis.Redis
+) -> None:
+    envelope = Envelope(
+        event_id=str(uuid.uuid4()),
+        provider="instantly",
+        event_type="reply_received",
+        idempotency_key=f"redelivered:{uuid.uuid4()}",
+        received_at=datetime.now(UTC).isoformat(),
+        payload=reply("mid.transaction@example.org"),
+    )
+    message = TaskMessageBuilder().build(envelope)
+    with superuser_engine.connect() as blocker:
+        # The first copy's transaction stops at its activity insert, holding its event row.
+        blocker.exec_driver_sql("LOCK TABLE activities IN ACCESS EXCLUSIVE MODE")
+        redis_client.lpush(QUEUE_NAME, message)
+        wait_for(lambda: _blocked_workers(superuser_engine) == 1, timeout=30, message="no block")
+        redis_client.lpush(QUEUE_NAME, message, message)
+        # The second worker now waits on the first one's uncommitted event row.
+        wait_for(lambda: _blocked_workers(superuser_engine) == 2, timeout=30, message="no race")
+        blocker.rollback()
+    wait_for(
+        lambda: redis_client.llen(QUEUE_NAME) == 0 and redis_client.hlen("unacked") == 0,
+        timeout=30,
+        message="the copies were not all consumed",
+    )
+    assert_exactly_once(superuser_engine, 1)
+    assert scalar(superuser_engine, "SELECT attempts FROM webhook_events") == 1

@@ -1,0 +1,115 @@
+"""A bounded soak at half the measured capacity: no errors, a p99 that does not drift, memory
+that does not grow. Loopback only; stops by itself after SOAK_SECONDS (default 120)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from tests.e2e.conftest import ROOT, Process, scalar
+from tests.helpers import wait_for
+from tests.payloads import encode, reply, signed_headers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
+
+DEFAULT_RATE = 100.0  # events/s when no bench result is at hand
+PROCESSED = "SELECT count(*) FROM webhook_events WHERE status = 'processed'"
+
+
+def _half_capacity() -> float:
+    """Half the drain capacity `make bench` measured last (committed in bench/results.json)."""
+    results = ROOT / "bench" / "results.json"
+    if not results.exists():
+        return DEFAULT_RATE
+    capacity = float(json.loads(results.read_text())["drain"]["concurrency_2_eps"])
+    return max(20.0, capacity / 2)
+
+
+def _wrk_at_rate(url: str, rate: float, seconds: float, workdir: Path) -> dict[str, int]:
+    """wrk (the load generator `make bench` uses) at a fixed rate: 10 connections, each
+    pausing between requests, cycling through distinct pre-signed bodies."""
+    connections = 10
+    bodies = workdir / "soak-bodies.tsv"
+    with Path(f"{bodies}.1").open("w") as out:
+        for i in range(int(rate * seconds * 1.5)):
+            raw = encode(reply(f"soak{i}@soak{i % 97}.example.com"))
+            out.write(f"{signed_headers(raw)['X-Instantly-Signature']}\t{raw.decode()}\n")
+    env = os.environ | {
+        "BENCH_PATH": "/webhooks/instantly",
+        "BENCH_BODIES": str(bodies),
+        "BENCH_DELAY_MS": str(int(connections * 1000 / rate)),
+    }
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
+        "-s", str(ROOT / "bench" / "post.lua"), url,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    summary: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def _p99_ms(engine: Engine, since: float, until: float) -> float:
+    return float(
+        scalar(
+            engine,
+            "SELECT percentile_cont(0.99) WITHIN GROUP"
+            " (ORDER BY extract(epoch FROM processed_at - received_at) * 1000)"
+            " FROM webhook_events WHERE received_at >= to_timestamp(:since)"
+            " AND received_at < to_timestamp(:until)",
+            since=since,
+            until=until,
+        )
+    )
+
+
+def test_soak_at_half_capacity_holds_errors_latency_and_memory(
+    stack: str,
+    receiver_process: tuple[Process, str],
+    worker: Process,
+    superuser_engine: Engine,
+    log_dir: Path,
+) -> None:
+    seconds = float(os.environ.get("SOAK_SECONDS", "120"))
+    rate = _half_capacity()
+    receiver = receiver_process[0]
+    rss_start = {"receiver": receiver.rss_mb(), "worker": worker.rss_mb()}
+    started = time.time()
+    load = _wrk_at_rate(stack, rate, seconds, log_dir)
+    ended = time.time()
+    wait_for(
+        lambda: scalar(superuser_engine, "SELECT count(*) FROM webhook_events") == load["requests"],
+        timeout=120,
+        message="the soak's events were not all processed",
+    )
+    rss_end = {"receiver": receiver.rss_mb(), "worker": worker.rss_mb()}
+
+    window = min(60.0, (ended - started) / 2)
+    figures = {
+        "seconds": round(ended - started, 1),
+        "rate_per_s": round(rate, 1),
+        "deliveries": load["requests"],
+        "errors": load["non_2xx"] + load["socket_errors"],
+        "wrapped": load["wrapped"],
+        "p99_first_window_ms": round(_p99_ms(superuser_engine, started, started + window), 1),
+        "p99_last_window_ms": round(_p99_ms(superuser_engine, ended - window, ended), 1),
+        "window_s": round(window, 1),
+        "rss_start_mb": rss_start,
+        "rss_end_mb": rss_end,
+    }
+    (log_dir / "soak.json").write_text(json.dumps(figures, indent=2))
+    print(f"\nsoak: {json.dumps(figures)}")
+
+    assert figures["errors"] == 0
+    assert figures["wrapped"] == 0, "wrk ran out of distinct bodies"
+    assert scalar(superuser_engine, PROCESSED) == load["requests"]
+    assert scalar(superuser_engine, "SELECT count(*) FROM dead_letters") == 0
+    # Stable: the last window's p99 within twice the first's, plus scheduling noise.
+    assert figures["p99_last_window_ms"] <= 2 * figures["p99_first_window_ms"] + 25
+    for name in rss_start:
+        assert rss_end[name] <= rss_start[name] * 1.2 + 10, f"{name} memory grew"
