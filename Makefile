@@ -21,10 +21,15 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP) ## create .venv and install the locked dependencies
 
 # wrk drives the soak test and the benchmark: a real load generator, from Debian's packages.
+# docker-compose (Debian's v1) validates docker-compose.yml in tests/test_compose.py; `config`
+# needs no Docker engine, so the engine it recommends is not installed.
 tools:
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| { echo "make: wrk is needed: apt-get install wrk" >&2; exit 1; }
+	@command -v docker-compose >/dev/null || apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; } \
+		|| { echo "make: docker-compose is needed: apt-get install docker-compose" >&2; exit 1; }
 	@command -v redis-server >/dev/null || { echo "make: redis-server is needed: apt-get install redis-server" >&2; exit 1; }
 
 run: install ## bootstrap + migrate the database, then run the receiver and a worker

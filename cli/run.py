@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from types import FrameType
 from urllib.parse import urlsplit
@@ -116,18 +119,24 @@ def main(argv: list[str] | None = None) -> int:
             code = db_cli.main(step)
             if code != 0:
                 return code
+    # One metrics directory for both: the receiver's /metrics then includes the worker pool's.
+    metrics_dir = tempfile.mkdtemp(prefix="crm-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     processes = {
         "receiver": subprocess.Popen(
-            receiver_command(settings, args.host), preexec_fn=_die_with_parent
+            receiver_command(settings, args.host), env=env, preexec_fn=_die_with_parent
         ),
-        "worker": subprocess.Popen(worker_command(settings), preexec_fn=_die_with_parent),
+        "worker": subprocess.Popen(worker_command(settings), env=env, preexec_fn=_die_with_parent),
     }
     print(
         f"crm-run: receiver on http://{args.host}:{settings.ingest_port}, "
         f"worker concurrency {settings.worker_concurrency}; Ctrl-C stops both",
         file=sys.stderr,
     )
-    return _supervise(processes)
+    try:
+        return _supervise(processes)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

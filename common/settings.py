@@ -90,6 +90,10 @@ class Settings:
     body_timeout_seconds: int = 10
     ingest_port: int = 8000
     worker_concurrency: int = 2
+    # Opens, clicks and sends become a note each (high volume), not only a stored event.
+    engagement_activities: bool = False
+    # 0: the worker serves no /metrics of its own (beside the receiver, the receiver does).
+    worker_metrics_port: int = 0
     # Must exceed the longest a task can run plus its longest retry countdown, or the broker
     # redelivers a message a live worker still holds (the durable guard keeps that harmless).
     broker_visibility_timeout: int = 3600
@@ -215,6 +219,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         ingest_port=_int(env, "INGEST_PORT", base.ingest_port, minimum=1),
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", base.worker_concurrency, minimum=1),
+        worker_metrics_port=_int(env, "WORKER_METRICS_PORT", base.worker_metrics_port),
+        engagement_activities=_bool(env, "ENGAGEMENT_ACTIVITIES", base.engagement_activities),
         broker_visibility_timeout=_int(
             env, "BROKER_VISIBILITY_TIMEOUT", base.broker_visibility_timeout, minimum=1
         ),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import redis
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -33,6 +34,19 @@ def _replayer(app: Starlette) -> Replayer:
     return replayer
 
 
+def _filters(params: Mapping[str, object]) -> dead_letters.Filters:
+    """Filters from query parameters or a JSON body; ValueError names a bad one."""
+    filters = filters_from(params, default_status="open")
+    if "\x00" in (filters.provider or "") + (filters.reason or ""):
+        # PostgreSQL text cannot hold U+0000: the driver would refuse the query.
+        raise ValueError("a filter contains a NUL character (\\u0000)")
+    return filters
+
+
+# PostgreSQL refuses some values Python accepts (a time zone offset beyond ±15:59).
+_OUT_OF_RANGE = "A filter value is out of range"
+
+
 def _dead_letter_id(request: Request) -> int | None:
     raw = request.path_params["dead_letter_id"]
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
@@ -41,7 +55,7 @@ def _dead_letter_id(request: Request) -> int | None:
 async def list_dead_letters(request: Request) -> Response:
     try:
         authorize(request, "reader", "admin")
-        filters = filters_from(request.query_params, default_status="open")
+        filters = _filters(request.query_params)
     except AuthFailed as exc:
         return error(exc.status_code, exc.message)
     except ValueError as exc:
@@ -53,6 +67,8 @@ async def list_dead_letters(request: Request) -> Response:
 
     try:
         rows = await run_in_threadpool(query)
+    except DataError:
+        return error(400, _OUT_OF_RANGE)
     except SQLAlchemyError:
         return error(503, "Database unavailable, retry later")
     return JSONResponse({"dead_letters": rows, "count": len(rows)})
@@ -117,12 +133,14 @@ async def replay_matching(request: Request) -> Response:
     if not isinstance(dry_run, bool):
         return error(400, "'dry_run' must be true or false")
     try:
-        filters = filters_from(params, default_status="open")
+        filters = _filters(params)
     except ValueError as exc:
         return error(400, str(exc))
     replayer = _replayer(request.app)
     try:
         ids = await run_in_threadpool(replayer.matching, filters)
+    except DataError:
+        return error(400, _OUT_OF_RANGE)
     except SQLAlchemyError:
         return error(503, "Database unavailable, retry later")
     if dry_run:

@@ -23,8 +23,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.envelope import Envelope
+from common.logging import configure_logging
 from common.settings import Settings, SettingsError, load_settings
-from ingest import admin, status
+from ingest import admin, metrics, openapi, status
 from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
 from ingest.providers import Provider, providers_from
 from ingest.responses import error
@@ -51,12 +52,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
+    # A loop, not recursion: the parser accepts nesting deeper than Python's recursion limit.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
     return False
 
 
@@ -120,6 +125,8 @@ async def receive_webhook(request: Request) -> Response:
     try:
         first = await request.app.state.claimer.claim_and_enqueue(envelope)
         _fault(request, "exit_after_enqueue")
+    except orjson.JSONEncodeError:  # the queue message is built before Redis is touched
+        return error(400, "Body is nested too deeply")
     except RedisError as exc:
         logger.error(
             "queue unavailable, %s delivery refused: %s", provider.name, type(exc).__name__
@@ -167,6 +174,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             print(f"crm-ingest: refusing to start: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     resolved = settings
+    configure_logging(resolved.log_level)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -191,11 +199,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/webhooks/{provider}", receive_webhook, methods=["POST"]),
+            Route("/webhooks/{provider}", metrics.instrumented(receive_webhook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *status.routes,
             *admin.routes,
+            *openapi.routes,
+            *metrics.routes,
         ],
         exception_handlers={HTTPException: _http_error, 500: _server_error},
         lifespan=lifespan,

@@ -41,6 +41,8 @@ _STRIPPED_NAMES = frozenset(
         "WORKER_CONCURRENCY",
         "BODY_TIMEOUT_SECONDS",
         "TEST_FAULT_INJECTION",
+        "WORKER_METRICS_PORT",
+        "PROMETHEUS_MULTIPROC_DIR",
     }
 )
 
@@ -103,8 +105,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_server: RedisServer) -> Iterator[dict[str, str]]:
-    env = _test_env(_fresh_name(), REDIS_URL=redis_server.url)
+def stack_env(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    # One metrics directory for the session's receiver and workers, as crm-run arranges.
+    metrics_dir = str(tmp_path_factory.mktemp("metrics"))
+    env = _test_env(_fresh_name(), REDIS_URL=redis_server.url, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     settings = load_settings(env)
     try:
         bootstrap(settings, echo=_quiet)

@@ -11,12 +11,23 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
+from common import metrics
 from common.envelope import QUEUE_NAME
+from common.logging import clear_event, configure_logging, event_fields, set_event
 from common.settings import get_settings
 from worker import resources
 
@@ -47,6 +58,22 @@ app.conf.update(
 )
 
 
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    # Connecting here stops Celery from installing its own handlers: one JSON format for all.
+    configure_logging(settings.log_level)
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """In a container of its own the worker serves its pool's metrics itself; beside the
+    receiver (make run) it shares PROMETHEUS_MULTIPROC_DIR and the receiver serves them."""
+    if settings.worker_metrics_port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(settings.worker_metrics_port, registry=registry)
+
+
 @worker_process_init.connect
 def _open_engine(**_: Any) -> None:
     # A pool inherited across fork would share sockets between processes.
@@ -56,3 +83,16 @@ def _open_engine(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close_engine(**_: Any) -> None:
     resources.dispose()
+    metrics.process_exited(os.getpid())
+
+
+@task_prerun.connect
+def _log_context(args: tuple[Any, ...] = (), **_: Any) -> None:
+    # Every line logged while the task runs, Celery's own included, names the event.
+    fields = event_fields(args[0] if args else None)
+    set_event(fields["event_id"], fields["provider"], fields["event_type"])
+
+
+@task_postrun.connect
+def _clear_log_context(**_: Any) -> None:
+    clear_event()

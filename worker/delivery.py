@@ -27,11 +27,14 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
+from common import metrics
 from common.envelope import Envelope
+from common.metrics import metric_labels
 from common.settings import get_settings
 from db import dead_letters
 from worker import resources
 from worker.errors import PermanentError
+from worker.processing import Outcome
 
 logger = logging.getLogger("crm.worker")
 
@@ -40,7 +43,7 @@ logger = logging.getLogger("crm.worker")
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
 _DEAD_LETTER_WRITE_PAUSES = (1.0, 2.0, 4.0)
 
-Work = Callable[[Any, int], dict[str, Any]]
+Work = Callable[[Any, int], Outcome]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -73,8 +76,9 @@ class EventTask(Task):  # type: ignore[type-arg]
     def deliver(self, envelope: Any, work: Work) -> dict[str, Any]:
         settings = get_settings()
         attempts = self.request.retries + 1
+        labels = metric_labels(envelope)
         try:
-            return work(envelope, attempts)
+            outcome = work(envelope, attempts)
         except (Retry, Reject):
             raise
         except PermanentError as exc:
@@ -84,12 +88,19 @@ class EventTask(Task):  # type: ignore[type-arg]
                 return self._dead_letter(envelope, exc, "processing_error", attempts)
             if self.request.retries >= settings.task_max_retries:
                 return self._dead_letter(envelope, exc, "retries_exhausted", attempts)
+            metrics.RETRIES.labels(*labels).inc()
             delay = backoff_seconds(self.request.retries, settings.task_retry_backoff_max)
             logger.warning(
                 "event %s: attempt %d failed (%s), retrying in %.1fs",
                 self.request.id, attempts, type(exc).__name__, delay,
             )  # fmt: skip
             raise self.retry(exc=exc, countdown=delay) from None
+        metrics.EVENTS.labels(*labels, outcome.status).inc()
+        if outcome.status == "processed":
+            received = _received_at(str(envelope.get("received_at", "")))
+            latency = (datetime.now(UTC) - received).total_seconds()
+            metrics.PROCESSING_SECONDS.labels(*labels).observe(max(0.0, latency))
+        return outcome.result
 
     def _dead_letter(
         self, envelope: Any, exc: BaseException, reason: str, attempts: int
@@ -119,6 +130,9 @@ class EventTask(Task):  # type: ignore[type-arg]
                 "event %s: dead-lettered as %s after %d attempt(s): %s",
                 self.request.id, reason, attempts, message,
             )  # fmt: skip
+            provider, event_type = metric_labels(envelope)
+            metrics.DEAD_LETTERS.labels(provider, reason).inc()
+            metrics.EVENTS.labels(provider, event_type, "dead_lettered").inc()
             return {"dead_letter_id": dead_letter_id, "reason": reason}
         raise AssertionError("unreachable")
 

@@ -3,6 +3,7 @@ commit together, so a redelivered or replayed envelope finds the row and does no
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -27,8 +28,14 @@ def parse_envelope(data: Any) -> Envelope:
     return envelope
 
 
-def process(engine: Engine, envelope: Envelope, *, attempts: int) -> dict[str, Any]:
-    """Apply the event's effects once; returns the stored result (also on a repeat)."""
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # processed | ignored | duplicate (an earlier delivery already applied it)
+    result: dict[str, Any]
+
+
+def process(engine: Engine, envelope: Envelope, *, attempts: int) -> Outcome:
+    """Apply the event's effects once; a repeat returns the stored result and writes nothing."""
     with engine.begin() as conn:
         claim = events.claim_event(
             conn,
@@ -41,12 +48,12 @@ def process(engine: Engine, envelope: Envelope, *, attempts: int) -> dict[str, A
             attempts=attempts,
         )
         if claim.done:
-            return claim.result or {}
+            return Outcome("duplicate", claim.result or {})
         handler = handler_for(envelope.provider, envelope.event_type)
         if handler is None:
             result: dict[str, Any] = {"ignored": f"no effect for {envelope.event_type}"}
             events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
-            return result
+            return Outcome("ignored", result)
         result = handler(conn, envelope)
         events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
-        return result
+        return Outcome("processed", result)

@@ -9,10 +9,10 @@ from common.envelope import TASK_NAME
 from worker import resources
 from worker.app import app
 from worker.delivery import EventTask
-from worker.processing import parse_envelope, process
+from worker.processing import Outcome, parse_envelope, process
 
 
-def _process(envelope: Any, attempts: int) -> dict[str, Any]:
+def _process(envelope: Any, attempts: int) -> Outcome:
     return process(resources.engine(), parse_envelope(envelope), attempts=attempts)
 
 

@@ -49,7 +49,9 @@ def _wrk_at_rate(url: str, rate: float, seconds: float, workdir: Path) -> dict[s
         "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
         "-s", str(ROOT / "bench" / "post.lua"), url,
     ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, check=True, timeout=seconds + 60
+    )
     summary: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
     return summary
 

@@ -1,0 +1,128 @@
+"""`crm-smoke`: the post-deploy regression check (the prototype's "200/409 test").
+
+Posts a signed synthetic reply with a fresh idempotency key (expects 202), posts it again
+(expects 409 naming the same event), then polls `GET /events/{id}` until the worker has
+processed it. One line per step; exit 0 when every step passed, 1 otherwise, 2 on bad usage.
+It leaves a contact `smoke+<id>@example.com` with a deal and a note, as any reply would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+import orjson
+
+from common.settings import SettingsError, get_settings
+from common.tokens import issue_token
+
+TERMINAL_FAILURES = ("dead", "ignored")
+
+
+def synthetic_reply(run_id: str) -> dict[str, Any]:
+    email = f"smoke+{run_id}@example.com"
+    return {
+        "event_type": "reply_received",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "workspace": "crm-smoke",
+        "campaign_id": "crm-smoke",
+        "campaign_name": "crm-smoke post-deploy check",
+        "lead_email": email,
+        "email": email,
+        "email_id": run_id,
+        "reply_subject": "Re: crm-smoke",
+        "reply_text_snippet": "Synthetic reply sent by crm-smoke.",
+        "firstName": "Smoke",
+        "lastName": "Test",
+    }
+
+
+def _post(client: httpx.Client, body: bytes, secret: str, key: str) -> httpx.Response:
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Instantly-Signature": f"sha256={signature}",
+        "Idempotency-Key": key,
+    }
+    return client.post("/webhooks/instantly", content=body, headers=headers)
+
+
+def run(url: str, secret: str, token: str, timeout: float) -> bool:
+    run_id = uuid.uuid4().hex
+    body = orjson.dumps(synthetic_reply(run_id))
+    key = f"crm-smoke-{run_id}"
+
+    def step(ok: bool, line: str) -> bool:
+        print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
+        return ok
+
+    with httpx.Client(base_url=url.rstrip("/"), timeout=10) as client:
+        first = _post(client, body, secret, key)
+        if not step(first.status_code == 202, f"first delivery: {first.status_code} (want 202)"):
+            return False
+        event_id = first.json()["event_id"]
+        again = _post(client, body, secret, key)
+        same = again.status_code == 409 and again.json().get("event_id") == event_id
+        if not step(same, f"repeat delivery: {again.status_code} (want 409, event {event_id})"):
+            return False
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            response = client.get(
+                f"/events/{event_id}", headers={"Authorization": f"Bearer {token}"}
+            )
+            if response.status_code in (401, 403):
+                return step(False, f"event status: {response.status_code} — check --token")
+            status = response.json() if response.status_code == 200 else {}
+            if status.get("status") == "processed" or status.get("status") in TERMINAL_FAILURES:
+                break
+            time.sleep(0.25)  # polling a remote service; the deadline above bounds the loop
+        result = status.get("result") or {}
+        if status.get("status") != "processed":
+            detail = status.get("error") or status.get("status") or "no answer"
+            return step(False, f"processing: {detail} after {timeout:g}s (want processed)")
+        return step(
+            True,
+            f"processed: deal {result.get('deal_id')}, activity {result.get('system_activity_id')}",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="crm-smoke",
+        description="Post-deploy check: a signed synthetic reply must get 202, its repeat 409, "
+        "and the event must be processed. Exit 0 when all three hold, 1 otherwise.",
+    )
+    parser.add_argument("--url", required=True, help="the receiver, e.g. https://crm.example.com")
+    parser.add_argument(
+        "--secret", help="an Instantly HMAC secret (default: HMAC_SHARED_SECRET_INSTANTLY)"
+    )
+    parser.add_argument("--token", help="a reader token (default: one signed with JWT_SECRET)")
+    parser.add_argument(
+        "--timeout", type=float, default=60, help="seconds to wait for processing (default 60)"
+    )
+    args = parser.parse_args(argv)
+    secret, token = args.secret, args.token
+    if secret is None or token is None:
+        try:
+            settings = get_settings()
+        except SettingsError as exc:
+            print(f"crm-smoke: {exc}", file=sys.stderr)
+            return 2
+        secret = secret or settings.hmac_secrets_instantly[0].get()
+        token = token or issue_token(settings.jwt_secret.get(), sub="crm-smoke", role="reader")
+    try:
+        return 0 if run(args.url, secret, token, args.timeout) else 1
+    except httpx.HTTPError as exc:
+        print(f"FAIL cannot reach {args.url}: {type(exc).__name__}", flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Prometheus metrics, named by the conventions (`_total`, `_seconds`, base units).
+
+Celery's prefork children and uvicorn's worker processes each count for themselves; with
+PROMETHEUS_MULTIPROC_DIR set (crm-run and the compose file set it) prometheus-client writes
+their values to files there and `render` adds them up. Without it, one process counts alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+DELIVERIES = Counter(
+    "crm_webhook_deliveries_total",
+    "Webhook deliveries by provider and outcome (accepted, duplicate, rejected) and reason.",
+    ["provider", "outcome", "reason"],
+)
+REQUEST_SECONDS = Histogram(
+    "crm_webhook_request_duration_seconds",
+    "Time to answer a webhook delivery, from the first byte read to the response.",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+EVENTS = Counter(
+    "crm_events_processed_total",
+    "Events the workers finished, by outcome (processed, ignored, duplicate, dead_lettered).",
+    ["provider", "event_type", "outcome"],
+)
+RETRIES = Counter(
+    "crm_event_retries_total",
+    "Attempts that failed transiently and were scheduled again.",
+    ["provider", "event_type"],
+)
+DEAD_LETTERS = Counter(
+    "crm_dead_letters_total",
+    "Events written to the dead-letter store, by reason.",
+    ["provider", "reason"],
+)
+PROCESSING_SECONDS = Histogram(
+    "crm_event_processing_latency_seconds",
+    "From the receiver's receipt of an event to the commit of its effects.",
+    ["provider", "event_type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+
+
+# Label values come from senders' payloads: only documented types get a series of their own,
+# so a sender cannot grow the number of series without bound.
+KNOWN_EVENT_TYPES = {
+    "instantly": frozenset(
+        {
+            "reply_received", "auto_reply_received", "email_sent", "email_opened",
+            "email_bounced", "link_clicked", "email_link_clicked", "lead_interested",
+            "lead_not_interested", "lead_neutral", "lead_meeting_booked",
+            "lead_meeting_completed", "lead_closed", "lead_out_of_office", "lead_wrong_person",
+            "lead_unsubscribed", "campaign_completed", "account_error",
+        }
+    ),
+    "calcom": frozenset(
+        {
+            "BOOKING_CREATED", "BOOKING_RESCHEDULED", "BOOKING_CANCELLED", "BOOKING_REQUESTED",
+            "BOOKING_REJECTED", "BOOKING_PAID", "MEETING_STARTED", "MEETING_ENDED",
+        }
+    ),
+}  # fmt: skip
+
+
+def metric_labels(envelope: object) -> tuple[str, str]:
+    """(provider, event_type) label values for an envelope, unknown values folded."""
+    data = envelope if isinstance(envelope, Mapping) else {}
+    provider = str(data.get("provider", ""))
+    known = KNOWN_EVENT_TYPES.get(provider)
+    if known is None:
+        return "unknown", "other"
+    event_type = str(data.get("event_type", ""))
+    return provider, event_type if event_type in known else "other"
+
+
+class _Snapshot(Collector):
+    """Gauges measured at scrape time (queue depth, open dead letters)."""
+
+    def __init__(self, gauges: Mapping[str, tuple[str, float]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, (documentation, value) in self._gauges.items():
+            yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counters() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+def render(gauges: Mapping[str, tuple[str, float]] | None = None) -> bytes:
+    """The exposition text: every process's counters, plus gauges measured just now."""
+    text = generate_latest(_counters())
+    if gauges:
+        snapshot = CollectorRegistry(auto_describe=False)
+        snapshot.register(_Snapshot(gauges))
+        text += generate_latest(snapshot)
+    return text
+
+
+def process_exited(pid: int) -> None:
+    """Forget a dead process's live gauges (counters stay summed in)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,168 @@
+"""What an operator sees: /metrics after a burst, JSON log lines naming their event, the
+post-deploy smoke check and the worker healthcheck — against the real stack."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
+
+from tests.e2e.conftest import ROOT, Process, wait_processed
+from tests.payloads import INSTANTLY_SECRET, encode, reply, signed_headers
+
+pytestmark = pytest.mark.e2e
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_a_burst_by_outcome(
+    stack: str, superuser_engine: Engine, worker: Process
+) -> None:
+    before = scrape(stack)
+    accepted: list[str] = []
+    with httpx.Client(base_url=stack) as client:
+        for i in range(5):
+            raw = encode(reply(f"metrics{i}@metrics.example.com"))
+            response = client.post("/webhooks/instantly", content=raw, headers=signed_headers(raw))
+            accepted.append(response.json()["event_id"])
+        for _ in range(2):  # repeats of the first
+            raw = encode(reply("metrics0@metrics.example.com"))
+            assert (
+                client.post(
+                    "/webhooks/instantly", content=raw, headers=signed_headers(raw)
+                ).status_code
+                == 409
+            )
+        for _ in range(3):
+            raw = encode(reply("nobody@metrics.example.com"))
+            assert (
+                client.post(
+                    "/webhooks/instantly", content=raw, headers=signed_headers(raw, secret="wrong")
+                ).status_code
+                == 401
+            )
+        assert (
+            client.post(
+                "/webhooks/instantly", content=b"[]", headers=signed_headers(b"[]")
+            ).status_code
+            == 400
+        )
+        raw = encode(reply(lead_email=None, email=None, email_id="metrics-dead"))
+        dead = client.post("/webhooks/instantly", content=raw, headers=signed_headers(raw))
+        accepted.append(dead.json()["event_id"])
+    wait_processed(superuser_engine, accepted)
+    after = scrape(stack)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    deliveries = "crm_webhook_deliveries_total"
+    assert delta(deliveries, provider="instantly", outcome="accepted", reason="") == 6
+    assert delta(deliveries, provider="instantly", outcome="duplicate", reason="") == 2
+    assert delta(deliveries, provider="instantly", outcome="rejected", reason="unauthorized") == 3
+    assert delta(deliveries, provider="instantly", outcome="rejected", reason="invalid_body") == 1
+    assert delta("crm_webhook_request_duration_seconds_count", provider="instantly") == 12
+    events = "crm_events_processed_total"
+    reply_labels = {"provider": "instantly", "event_type": "reply_received"}
+    assert delta(events, outcome="processed", **reply_labels) == 5
+    assert delta(events, outcome="dead_lettered", **reply_labels) == 1
+    assert delta("crm_dead_letters_total", provider="instantly", reason="invalid_payload") == 1
+    assert delta("crm_event_processing_latency_seconds_count", **reply_labels) == 5
+    assert value(after, "crm_dead_letters_open") == 1
+    assert value(after, "crm_queue_depth") == 0
+    assert ("crm_queue_unacked", ()) in after
+    assert ("crm_queue_oldest_age_seconds", ()) in after
+
+
+def test_log_lines_are_json_and_name_their_event(
+    stack: str, superuser_engine: Engine, log_dir: Path, worker: Process
+) -> None:
+    raw = encode(reply(lead_email=None, email=None, email_id="json-log"))
+    event_id = httpx.post(
+        f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw)
+    ).json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    records = [
+        json.loads(line)
+        for line in worker.output().splitlines()
+        if line.startswith("{") and event_id in line
+    ]
+    assert records, "no JSON log line mentions the event"
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= record.keys()
+    dead = [r for r in records if "dead-lettered" in r["message"]]
+    assert dead and dead[0]["level"] == "ERROR"
+    assert dead[0]["event_id"] == event_id
+    assert (dead[0]["provider"], dead[0]["event_type"]) == ("instantly", "reply_received")
+    # Celery's own lines come out in the same format.
+    assert any(r["logger"].startswith("celery") for r in records)
+
+
+def _command(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name(name)), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_crm_smoke_passes_against_the_stack(
+    stack: str, stack_env: dict[str, str], reader_token: str
+) -> None:
+    done = _command(
+        "crm-smoke", "--url", stack, "--secret", INSTANTLY_SECRET, "--token", reader_token,
+        env=stack_env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line[:4] for line in lines] == ["ok  "] * 3
+    assert "202" in lines[0] and "409" in lines[1] and "deal" in lines[2]
+
+
+def test_crm_smoke_fails_with_a_clear_line_on_a_wrong_secret(
+    stack: str, stack_env: dict[str, str], reader_token: str
+) -> None:
+    done = _command(
+        "crm-smoke", "--url", stack, "--secret", "not-the-secret", "--token", reader_token,
+        env=stack_env,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAIL first delivery: 401")
+
+
+def test_worker_health_command_answers_for_a_live_worker_only(
+    stack: str, stack_env: dict[str, str], worker: Process
+) -> None:
+    live = _command("crm-worker-health", "--name", f"worker@{socket.gethostname()}", env=stack_env)
+    assert live.returncode == 0, live.stderr
+    absent = _command(
+        "crm-worker-health", "--name", "nobody@nowhere", "--timeout", "1", env=stack_env
+    )
+    assert absent.returncode == 1
+    assert "did not answer" in absent.stderr
+
+
+def test_health_and_readiness(stack: str) -> None:
+    assert httpx.get(f"{stack}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{stack}/readyz").json() == {"status": "ready"}
