@@ -31,13 +31,27 @@ ON CONFLICT (lower(email)) DO UPDATE SET
   updated_at = now()
 RETURNING id"""
 _DEAL = """
-INSERT INTO deals (contact_id, pipeline_id, stage_id, title, company_id, source)
-SELECT %s, p.id, s.id, %s, %s, 'instantly'
-FROM pipelines p JOIN pipeline_stages s ON s.pipeline_id = p.id
-WHERE p.is_default AND s.name = 'New'
-ON CONFLICT ON CONSTRAINT uniq_deals_contact_stage DO UPDATE SET
-  company_id = coalesce(deals.company_id, excluded.company_id), updated_at = now()
-RETURNING id"""
+WITH target AS (
+    SELECT p.id AS pipeline_id, s.id AS stage_id, s.order_index, s.name
+    FROM pipelines p JOIN pipeline_stages s ON s.pipeline_id = p.id
+    WHERE p.is_default AND s.name = 'New'
+), current_deal AS (
+    SELECT d.id, s.order_index, s.name FROM deals d
+    JOIN pipeline_stages s ON s.id = d.stage_id JOIN target t ON d.pipeline_id = t.pipeline_id
+    WHERE d.contact_id = %(contact)s ORDER BY s.order_index DESC LIMIT 1
+), moved AS (
+    UPDATE deals SET stage_id = t.stage_id, updated_at = now() FROM current_deal c, target t
+    WHERE deals.id = c.id AND c.order_index < t.order_index AND c.name NOT IN ('Won', 'Lost')
+    RETURNING deals.id
+), created AS (
+    INSERT INTO deals (contact_id, pipeline_id, stage_id, title, company_id, source)
+    SELECT %(contact)s, t.pipeline_id, t.stage_id, %(title)s, %(company)s, 'instantly'
+    FROM target t WHERE NOT EXISTS (SELECT 1 FROM current_deal)
+    ON CONFLICT ON CONSTRAINT uniq_deals_contact_stage DO UPDATE SET updated_at = now()
+    RETURNING deals.id
+)
+SELECT coalesce((SELECT id FROM created), (SELECT id FROM moved), (SELECT id FROM current_deal))
+"""
 _ACTIVITY = """
 INSERT INTO activities (type, contact_id, deal_id, subject, body, metadata, event_id)
 VALUES ('system_note', %s, %s, %s, %s, %s, %s) RETURNING id"""
@@ -60,7 +74,8 @@ def _apply(cursor: Any, envelope: Envelope) -> None:
     company_id = cursor.fetchone()[0]
     cursor.execute(_CONTACT, (email, payload["firstName"], payload["lastName"], company_id))
     contact_id = cursor.fetchone()[0]
-    cursor.execute(_DEAL, (contact_id, f"{payload['firstName']} — reply", company_id))
+    title = f"{payload['firstName']} — reply"
+    cursor.execute(_DEAL, {"contact": contact_id, "title": title, "company": company_id})
     deal_id = cursor.fetchone()[0]
     metadata = {"campaign_id": payload["campaign"], "email_id": payload["email_id"]}
     cursor.execute(

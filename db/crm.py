@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert
 
-from db.tables import activities, companies, contacts, deals, pipeline_stages, pipelines
+from db.tables import activities, companies, contacts, pipeline_stages, pipelines
 
 
 @dataclass(frozen=True)
@@ -101,51 +102,121 @@ def upsert_contact(
     return UUID(str(conn.execute(_UPSERT_CONTACT, params).scalar_one()))
 
 
-# The stage is looked up inside the insert itself: never stale, and no round trip of its own.
-_deal_values = (
-    select(
-        bindparam("contact_id", type_=deals.c.contact_id.type),
-        pipelines.c.id,
-        pipeline_stages.c.id,
-        bindparam("title", type_=deals.c.title.type),
-        bindparam("company_id", type_=deals.c.company_id.type),
-        bindparam("source", type_=deals.c.source.type),
+# Stages a deal never leaves: a late event cannot reopen a won or lost deal.
+TERMINAL_STAGES = ("Won", "Lost")
+
+
+@dataclass(frozen=True)
+class DealMove:
+    deal_id: UUID
+    stage: str
+    created: bool
+    moved: bool
+
+
+# One round trip: find the contact's deal in the default pipeline (its furthest one), and
+# either create it in the target stage, move it forward to that stage, or leave it. The
+# caller's contact upsert holds the contact row's lock, which serialises this per contact, so
+# two events of one new lead cannot both create a deal.
+_ADVANCE_DEAL = text(
+    """
+    WITH target AS (
+        SELECT p.id AS pipeline_id, s.id AS stage_id, s.order_index, s.name
+        FROM pipelines p JOIN pipeline_stages s ON s.pipeline_id = p.id
+        WHERE p.is_default AND s.name = :stage_name
+    ), current_deal AS (
+        SELECT d.id, s.order_index, s.name
+        FROM deals d
+        JOIN pipeline_stages s ON s.id = d.stage_id
+        JOIN target t ON d.pipeline_id = t.pipeline_id
+        WHERE d.contact_id = :contact_id
+        ORDER BY s.order_index DESC
+        LIMIT 1
+    ), moved AS (
+        UPDATE deals SET stage_id = t.stage_id, updated_at = now()
+        FROM current_deal c, target t
+        WHERE deals.id = c.id AND c.order_index < t.order_index
+          AND c.name NOT IN :terminal
+        RETURNING deals.id
+    ), created AS (
+        INSERT INTO deals (contact_id, pipeline_id, stage_id, title, company_id, source)
+        SELECT :contact_id, t.pipeline_id, t.stage_id, :title, :company_id, :source
+        FROM target t
+        WHERE NOT EXISTS (SELECT 1 FROM current_deal)
+        ON CONFLICT ON CONSTRAINT uniq_deals_contact_stage DO UPDATE SET updated_at = now()
+        RETURNING deals.id
     )
-    .join(pipeline_stages, pipeline_stages.c.pipeline_id == pipelines.c.id)
-    .where(pipelines.c.is_default, pipeline_stages.c.name == bindparam("stage_name"))
+    SELECT (SELECT id FROM created) AS created_id,
+           (SELECT id FROM moved) AS moved_id,
+           (SELECT id FROM current_deal) AS current_id,
+           (SELECT name FROM current_deal) AS current_stage,
+           (SELECT name FROM target) AS target_stage
+    """
+).bindparams(
+    bindparam("terminal", expanding=True),
+    bindparam("contact_id", type_=PG_UUID(as_uuid=True)),
+    bindparam("company_id", type_=PG_UUID(as_uuid=True)),
 )
-_deal = insert(deals).from_select(
-    ["contact_id", "pipeline_id", "stage_id", "title", "company_id", "source"], _deal_values
-)
-_UPSERT_DEAL = _deal.on_conflict_do_update(
-    constraint="uniq_deals_contact_stage",
-    set_={
-        "company_id": func.coalesce(deals.c.company_id, _deal.excluded.company_id),
-        "updated_at": func.now(),
-    },
-).returning(deals.c.id)
 
 
-def upsert_deal(
+def advance_deal(
     conn: Connection,
     *,
     contact_id: UUID,
+    stage_name: str,
     title: str,
-    stage_name: str = "New",
     company_id: UUID | None = None,
     source: str | None = None,
-) -> UUID | None:
-    """The contact's deal in the default pipeline's stage `stage_name`: one per
-    (contact_id, stage_id), created if new. None when there is no default pipeline or it has no
-    such stage."""
-    params = {
-        "contact_id": contact_id,
-        "title": title,
-        "stage_name": stage_name,
-        "company_id": company_id,
-        "source": source,
-    }
-    deal_id = conn.execute(_UPSERT_DEAL, params).scalar()
+) -> DealMove | None:
+    """The contact's deal in the default pipeline, created in `stage_name` if it has none, or
+    moved forward to it — never backwards, never out of Won or Lost, never a second deal.
+    None when the default pipeline or the stage does not exist."""
+    row = conn.execute(
+        _ADVANCE_DEAL,
+        {
+            "stage_name": stage_name,
+            "contact_id": contact_id,
+            "title": title,
+            "company_id": company_id,
+            "source": source,
+            "terminal": list(TERMINAL_STAGES),
+        },
+    ).one()
+    if row.target_stage is None:
+        return None
+    if row.created_id is not None:
+        return DealMove(UUID(str(row.created_id)), stage_name, created=True, moved=False)
+    if row.moved_id is not None:
+        return DealMove(UUID(str(row.moved_id)), stage_name, created=False, moved=True)
+    return DealMove(UUID(str(row.current_id)), row.current_stage, created=False, moved=False)
+
+
+_MARK_DO_NOT_CONTACT = (
+    update(contacts)
+    .where(contacts.c.id == bindparam("contact_key"))
+    .values(do_not_contact=True, updated_at=func.now())
+)
+
+
+def mark_do_not_contact(conn: Connection, *, contact_id: UUID) -> None:
+    """Bounced or unsubscribed: never contact again. Nothing here ever clears the flag."""
+    conn.execute(_MARK_DO_NOT_CONTACT, {"contact_key": contact_id})
+
+
+_CONTACT_DEAL = text(
+    """
+    SELECT d.id FROM deals d
+    JOIN pipeline_stages s ON s.id = d.stage_id
+    JOIN pipelines p ON p.id = d.pipeline_id AND p.is_default
+    WHERE d.contact_id = :contact_id
+    ORDER BY s.order_index DESC LIMIT 1
+    """
+).bindparams(bindparam("contact_id", type_=PG_UUID(as_uuid=True)))
+
+
+def current_deal(conn: Connection, *, contact_id: UUID) -> UUID | None:
+    """The contact's furthest deal in the default pipeline, if any."""
+    deal_id = conn.execute(_CONTACT_DEAL, {"contact_id": contact_id}).scalar()
     return None if deal_id is None else UUID(str(deal_id))
 
 

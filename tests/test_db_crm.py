@@ -10,9 +10,15 @@ from uuid import UUID
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from db.crm import get_default_stage, upsert_contact, upsert_deal
+from db.crm import advance_deal, get_default_stage, upsert_contact
 
 ROUNDS = 5
+
+
+def _deal_id(conn: Connection, **kwargs: object) -> UUID:
+    move = advance_deal(conn, **kwargs)  # type: ignore[arg-type]
+    assert move is not None
+    return move.deal_id
 
 
 def _race(engine: Engine, calls: list[Callable[[Connection], UUID]]) -> list[UUID]:
@@ -63,7 +69,7 @@ def test_concurrent_upserts_of_one_lead_give_one_contact_and_one_deal(
         assert len(set(contact_ids)) == 1
 
         deal = partial(
-            upsert_deal,
+            _deal_id,
             contact_id=contact_ids[0],
             stage_name="New",
             title="Reply",

@@ -33,6 +33,11 @@ TABLES = {
     "dead_letters",
 }
 
+SEEDED_STAGES = [
+    ("Sales", True, name, index)
+    for index, name in enumerate(["New", "Interested", "Meeting Booked", "Won", "Lost"])
+]
+
 PRODUCTION = {
     "APP_ENV": "production",
     "JWT_SECRET": "Zq4mW8rT1vX7nB3kL9pS2dF6hJ0gY5cE",
@@ -100,7 +105,7 @@ def test_upgrade_downgrade_base_upgrade(
 
     migrate(settings)
     assert _tables(engine) == TABLES | {"alembic_version"}
-    assert _seed(engine) == [("Sales", True, "New", 0)]
+    assert _seed(engine) == SEEDED_STAGES
 
 
 def test_every_revision_run_again_on_a_migrated_database_adds_nothing(
@@ -116,7 +121,7 @@ def test_every_revision_run_again_on_a_migrated_database_adds_nothing(
         command.stamp(alembic_config(settings), start)
         migrate(settings)
         assert _counts(engine) == before
-        assert _seed(engine) == [("Sales", True, "New", 0)]
+        assert _seed(engine) == SEEDED_STAGES
 
 
 def test_production_seed_has_the_pipeline_and_no_demo_rows(
@@ -128,7 +133,7 @@ def test_production_seed_has_the_pipeline_and_no_demo_rows(
     command.upgrade(alembic_config(production, url=local.pg_url(admin=True)), "head")
 
     engine = engine_for(local)
-    assert _seed(engine) == [("Sales", True, "New", 0)]
+    assert _seed(engine) == SEEDED_STAGES
     counts = _counts(engine)
     assert (counts["owners"], counts["companies"], counts["contacts"], counts["deals"]) == (
         0,
@@ -197,10 +202,29 @@ INSERT INTO contacts (id, email, first_name) VALUES
     ("legacy_stages", "expected_stages"),
     [
         # The prototype already used 'New': it becomes the seeded stage, not a second one.
-        (["Qualified", "New", "Won", "Qualified"], [("Qualified", 0), ("New", 1), ("Won", 2)]),
+        # 004_stages then appends the missing ones of New, Interested, Meeting Booked, Won,
+        # Lost, in that order, after what the prototype had.
+        (
+            ["Qualified", "New", "Won", "Qualified"],
+            [
+                ("Qualified", 0),
+                ("New", 1),
+                ("Won", 2),
+                ("Interested", 3),
+                ("Meeting Booked", 4),
+                ("Lost", 5),
+            ],
+        ),
         (
             ["Qualified", "Won", "Lost", "Won"],
-            [("Qualified", 0), ("Won", 1), ("Lost", 2), ("New", 3)],
+            [
+                ("Qualified", 0),
+                ("Won", 1),
+                ("Lost", 2),
+                ("New", 3),
+                ("Interested", 4),
+                ("Meeting Booked", 5),
+            ],
         ),
     ],
 )

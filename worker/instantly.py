@@ -1,191 +1,99 @@
-"""Instantly events. `reply_received` is Step E: contact, deal in 'New', a system_note."""
+"""Instantly events. `reply_received` is Step E: the contact, their deal in 'New' (or wherever
+it already is, further on), and a system_note. The other types follow worker.effects."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-from uuid import UUID
 
 from sqlalchemy import Connection
 
 from common.envelope import Envelope
-from db import crm
-from worker.errors import ConfigError, InvalidPayload
+from worker.effects import Effect, Note, apply_effect
+from worker.leads import Lead, checked_email, int_field, make_lead, text_field
 
 STEP_E = "E:deal_created_and_logged"
-
-# Addresses at these domains say nothing about the lead's employer: no company is made for them.
-FREE_MAIL_DOMAINS = frozenset(
-    {
-        "gmail.com",
-        "googlemail.com",
-        "yahoo.com",
-        "yahoo.co.uk",
-        "hotmail.com",
-        "outlook.com",
-        "live.com",
-        "msn.com",
-        "aol.com",
-        "icloud.com",
-        "me.com",
-        "mac.com",
-        "proton.me",
-        "protonmail.com",
-        "gmx.de",
-        "gmx.net",
-        "gmx.com",
-        "web.de",
-        "t-online.de",
-        "yandex.ru",
-        "mail.ru",
-        "zoho.com",
-        "fastmail.com",
-        "hey.com",
-        "mail.com",
-        "qq.com",
-        "163.com",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Lead:
-    email: str
-    first_name: str | None
-    last_name: str | None
-    company_name: str | None
-    domain: str | None
-
-
-def _optional_text(payload: dict[str, Any], name: str) -> str | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidPayload(f"'{name}' must be a string, got {type(value).__name__}")
-    return value.strip() or None
-
-
-def _optional_int(payload: dict[str, Any], name: str) -> int | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidPayload(f"'{name}' must be a whole number, got {type(value).__name__}")
-    return value
-
-
-def _email(payload: dict[str, Any]) -> str:
-    email = _optional_text(payload, "lead_email") or _optional_text(payload, "email")
-    if email is None:
-        raise InvalidPayload("no lead e-mail: neither 'lead_email' nor 'email' is set")
-    local, at, domain = email.rpartition("@")
-    if (
-        not at
-        or not local
-        or "." not in domain
-        or len(email) > 320
-        or any(c.isspace() for c in email)
-    ):
-        raise InvalidPayload("lead e-mail is not an address")
-    return email
-
-
-def _website_domain(website: str | None) -> str | None:
-    if website is None:
-        return None
-    host = urlsplit(website if "//" in website else f"//{website}").hostname
-    if not host or "." not in host:
-        return None
-    return host.lower().removeprefix("www.")
+STEP_E_EFFECT = Effect(stage="New", activity="system_note")
 
 
 def parse_lead(payload: dict[str, Any]) -> Lead:
-    email = _email(payload)
-    email_domain = email.rpartition("@")[2].lower()
-    domain = _website_domain(_optional_text(payload, "website"))
-    if domain is None and email_domain not in FREE_MAIL_DOMAINS:
-        domain = email_domain
-    return Lead(
-        email=email,
-        first_name=_optional_text(payload, "firstName") or _optional_text(payload, "first_name"),
-        last_name=_optional_text(payload, "lastName") or _optional_text(payload, "last_name"),
-        company_name=_optional_text(payload, "companyName"),
-        domain=domain,
+    email = text_field(payload, "lead_email") or text_field(payload, "email")
+    return make_lead(
+        checked_email(email, "neither 'lead_email' nor 'email' is set"),
+        first_name=text_field(payload, "firstName") or text_field(payload, "first_name"),
+        last_name=text_field(payload, "lastName") or text_field(payload, "last_name"),
+        company_name=text_field(payload, "companyName"),
+        website=text_field(payload, "website"),
     )
 
 
 def _campaign(payload: dict[str, Any]) -> str | None:
     # A lead variable named `campaign_id` shadows Instantly's own id; `campaign` keeps the real one.
-    return _optional_text(payload, "campaign") or _optional_text(payload, "campaign_id")
+    return text_field(payload, "campaign") or text_field(payload, "campaign_id")
 
 
-def upsert_lead(conn: Connection, lead: Lead) -> tuple[UUID, UUID | None]:
-    """The lead's contact (and company, where a domain names one)."""
-    company_id = None
-    if lead.domain is not None:
-        company_id = crm.upsert_company(
-            conn, name=lead.company_name or lead.domain, domain=lead.domain
-        )
-    contact_id = crm.upsert_contact(
-        conn,
-        email=lead.email,
-        first_name=lead.first_name,
-        last_name=lead.last_name,
-        company_id=company_id,
-        source="instantly",
-    )
-    return contact_id, company_id
+def _metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "unibox_url": text_field(payload, "unibox_url"),
+        "campaign_id": _campaign(payload),
+        "campaign_name": text_field(payload, "campaign_name"),
+        "workspace": text_field(payload, "workspace"),
+        "email_account": text_field(payload, "email_account"),
+        "step": int_field(payload, "step"),
+        "variant": int_field(payload, "variant"),
+        "email_id": text_field(payload, "email_id"),
+        "timestamp": text_field(payload, "timestamp"),
+    }
 
 
-def display_name(lead: Lead) -> str:
-    name = " ".join(part for part in (lead.first_name, lead.last_name) if part)
-    return name or lead.email
+def _deal_title(lead: Lead, campaign_name: str | None) -> str:
+    who = lead.display_name
+    return f"{who} — {campaign_name}" if campaign_name else who
 
 
 def handle_reply(conn: Connection, envelope: Envelope) -> dict[str, Any]:
     payload = envelope.payload
     lead = parse_lead(payload)
-    campaign_name = _optional_text(payload, "campaign_name")
-    subject = _optional_text(payload, "reply_subject")
-    text = _optional_text(payload, "reply_text")
-    snippet = _optional_text(payload, "reply_text_snippet") or (text[:280] if text else None)
-    metadata = {
-        "unibox_url": _optional_text(payload, "unibox_url"),
-        "campaign_id": _campaign(payload),
-        "campaign_name": campaign_name,
-        "workspace": _optional_text(payload, "workspace"),
-        "email_account": _optional_text(payload, "email_account"),
-        "step": _optional_int(payload, "step"),
-        "variant": _optional_int(payload, "variant"),
-        "email_id": _optional_text(payload, "email_id"),
-        "timestamp": _optional_text(payload, "timestamp"),
-    }
-
-    contact_id, company_id = upsert_lead(conn, lead)
-    who = display_name(lead)
-    deal_id = crm.upsert_deal(
-        conn,
-        contact_id=contact_id,
-        stage_name="New",
-        title=f"{who} — {campaign_name}" if campaign_name else who,
-        company_id=company_id,
-        source="instantly",
-    )
-    if deal_id is None:
-        raise ConfigError("no default pipeline with a stage named 'New'")
-    note = f"{who} <{lead.email}> replied"
+    metadata = _metadata(payload)
+    campaign_name = metadata["campaign_name"]
+    subject = text_field(payload, "reply_subject")
+    text = text_field(payload, "reply_text")
+    snippet = text_field(payload, "reply_text_snippet") or (text[:280] if text else None)
+    note = f"{lead.display_name} <{lead.email}> replied"
     if campaign_name:
         note += f" to campaign '{campaign_name}'"
-    activity_id = crm.insert_activity(
+    result = apply_effect(
         conn,
-        type="system_note",
-        contact_id=contact_id,
-        deal_id=deal_id,
-        subject=f"{note}: {subject}" if subject else note,
-        body=snippet,
-        metadata={k: v for k, v in metadata.items() if v is not None},
-        event_id=UUID(envelope.event_id),
+        envelope,
+        lead,
+        STEP_E_EFFECT,
+        Note(
+            subject=f"{note}: {subject}" if subject else note,
+            body=snippet,
+            metadata=metadata,
+            deal_title=_deal_title(lead, campaign_name),
+        ),
     )
-    return {"step": STEP_E, "deal_id": str(deal_id), "system_activity_id": str(activity_id)}
+    return {
+        "step": STEP_E,
+        "deal_id": result["deal_id"],
+        "system_activity_id": result["activity_id"],
+    }
+
+
+def handle_event(conn: Connection, envelope: Envelope, effect: Effect) -> dict[str, Any]:
+    payload = envelope.payload
+    lead = parse_lead(payload)
+    metadata = _metadata(payload)
+    what = envelope.event_type.replace("_", " ")
+    return apply_effect(
+        conn,
+        envelope,
+        lead,
+        effect,
+        Note(
+            subject=f"{lead.display_name} <{lead.email}>: {what}",
+            body=text_field(payload, "reply_text_snippet"),
+            metadata=metadata,
+            deal_title=_deal_title(lead, metadata["campaign_name"]),
+        ),
+    )

@@ -297,8 +297,8 @@ def test_rotated_secret_is_accepted(stack: str) -> None:
     assert rotated.status_code == 202
 
 
-@pytest.mark.parametrize("event_type", ["email_sent", "lead_interested", "custom_label_x"])
-def test_other_instantly_event_types_are_stored_as_ignored(
+@pytest.mark.parametrize("event_type", ["custom_label_x", "Reply_Received", "campaign_completed"])
+def test_unknown_or_custom_instantly_event_types_are_stored_as_ignored(
     stack: str, superuser_engine: Engine, reader_token: str, event_type: str
 ) -> None:
     response = post(stack, reply(event_type=event_type))
