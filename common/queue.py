@@ -20,12 +20,14 @@ import orjson
 import redis
 from celery import Celery
 
+from common import inflight
 from common.envelope import QUEUE_NAME, TASK_NAME, Envelope
 
 IDEMPOTENCY_PREFIX = "crm:idem:"
 EVENT_PREFIX = "crm:event:"
 
-# KEYS: idempotency key, queue list, event marker. ARGV: event id, ttl, message, marker.
+# KEYS: idempotency key, queue list, event marker, in-flight messages, in-flight due times.
+# ARGV: event id, ttl, message, marker, seconds until the in-flight record is due.
 # Answers the first delivery's event id on a repeat, nothing when it claimed and queued.
 CLAIM_AND_ENQUEUE_LUA = """
 local first = redis.call('GET', KEYS[1])
@@ -33,6 +35,9 @@ if first then return first end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[5], tonumber(now[1]) + tonumber(ARGV[5]), ARGV[1])
 return false
 """
 
@@ -111,10 +116,14 @@ class TaskMessageBuilder:
         )
 
 
-def enqueue(client: redis.Redis, builder: TaskMessageBuilder, envelope: Envelope, ttl: int) -> None:
+def enqueue(
+    client: redis.Redis, builder: TaskMessageBuilder, envelope: Envelope, ttl: int, grace: int
+) -> None:
     """Queue an envelope without claiming its key: the replay path. The worker's durable guard
     makes a replay of an already-processed event a no-op."""
+    message = builder.build(envelope)
     pipe = client.pipeline(transaction=True)
-    pipe.lpush(QUEUE_NAME, builder.build(envelope))
+    pipe.lpush(QUEUE_NAME, message)
     pipe.set(event_redis_key(envelope.event_id), event_marker(envelope), ex=ttl)
+    inflight.record(pipe, envelope.event_id, message, grace)
     pipe.execute()

@@ -28,10 +28,13 @@ class Outcome:
 
 
 class Replayer:
-    def __init__(self, engine: Engine, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self, engine: Engine, client: redis.Redis, ttl_seconds: int, inflight_grace: int
+    ) -> None:
         self._engine = engine
         self._client = client
         self._ttl = ttl_seconds
+        self._grace = inflight_grace
         self._builder = TaskMessageBuilder()
 
     def close(self) -> None:
@@ -45,7 +48,7 @@ class Replayer:
                     return Outcome(dead_letter_id, "skipped", "no such dead letter, or discarded")
                 envelope = Envelope.from_dict(stored)
                 # Queued before the mark commits: a failed push rolls the mark back.
-                enqueue(self._client, self._builder, envelope, self._ttl)
+                enqueue(self._client, self._builder, envelope, self._ttl, self._grace)
         except EnvelopeError as exc:
             return Outcome(dead_letter_id, "failed", f"stored envelope cannot be queued: {exc}")
         except (RedisError, SQLAlchemyError) as exc:

@@ -29,7 +29,12 @@ def _replayer(app: Starlette) -> Replayer:
         client = redis.Redis.from_url(
             settings.celery_broker_url, socket_timeout=5, socket_connect_timeout=5
         )
-        app.state.replayer = Replayer(engine(app), client, settings.idempotency_ttl_seconds)
+        app.state.replayer = Replayer(
+            engine(app),
+            client,
+            settings.idempotency_ttl_seconds,
+            settings.broker_visibility_timeout,
+        )
     replayer: Replayer = app.state.replayer
     return replayer
 

@@ -186,7 +186,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             broker = aioredis.Redis.from_url(resolved.celery_broker_url, **options)
             app.state.ready_clients["broker"] = broker
         # The queue lives on the broker: claim and push must hit the same server in one script.
-        app.state.claimer = Claimer(broker or client, resolved.idempotency_ttl_seconds)
+        app.state.claimer = Claimer(
+            broker or client,
+            resolved.idempotency_ttl_seconds,
+            inflight_grace=resolved.broker_visibility_timeout,
+        )
         app.state.redis = broker or client
         try:
             yield

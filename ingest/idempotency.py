@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from starlette.datastructures import Headers
 
+from common import inflight
 from common.envelope import QUEUE_NAME, Envelope
 from common.queue import (
     CLAIM_AND_ENQUEUE_LUA,
@@ -74,9 +75,10 @@ def derive_key(provider: str, headers: Headers, payload: dict[str, Any]) -> str:
 class Claimer:
     """Claims idempotency keys and queues events, atomically, in one EVALSHA."""
 
-    def __init__(self, client: aioredis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: aioredis.Redis, ttl_seconds: int, inflight_grace: int) -> None:
         self._client = client
         self._ttl = ttl_seconds
+        self._grace = inflight_grace
         self._script = client.register_script(CLAIM_AND_ENQUEUE_LUA)
         self._builder = TaskMessageBuilder()
 
@@ -87,12 +89,15 @@ class Claimer:
                 idempotency_redis_key(envelope.provider, envelope.idempotency_key),
                 QUEUE_NAME,
                 event_redis_key(envelope.event_id),
+                inflight.MESSAGES_KEY,
+                inflight.DUE_KEY,
             ],
             args=[
                 envelope.event_id,
                 self._ttl,
                 self._builder.build(envelope),
                 event_marker(envelope),
+                self._grace,
             ],
         )
         if first is None:

@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import (
     setup_logging,
@@ -22,16 +25,19 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
 )
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-from common import metrics
+from common import inflight, metrics
 from common.envelope import QUEUE_NAME
 from common.logging import clear_event, configure_logging, event_fields, set_event
 from common.settings import get_settings
 from worker import resources
 
 settings = get_settings()
+logger = logging.getLogger("crm.worker")
 
 app = Celery("crm-worker")
 app.conf.update(
@@ -72,6 +78,37 @@ def _serve_metrics(**_: Any) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         start_http_server(settings.worker_metrics_port, registry=registry)
+
+
+_sweeper_stop = threading.Event()
+
+
+def _sweep_forever() -> None:
+    """Queue again what a consumer lost (common.inflight); runs in the worker's main process."""
+    grace = settings.broker_visibility_timeout
+    interval = min(60, max(1, grace // 10))
+    client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=10)
+    try:
+        while not _sweeper_stop.wait(interval):
+            try:
+                swept = inflight.sweep(client, grace)
+            except redis.RedisError as exc:
+                logger.warning("in-flight sweep failed: %s", type(exc).__name__)
+                continue
+            if swept:
+                logger.warning("in-flight sweep queued %d event(s) again", swept)
+    finally:
+        client.close()
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    threading.Thread(target=_sweep_forever, name="inflight-sweeper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    _sweeper_stop.set()
 
 
 @worker_process_init.connect

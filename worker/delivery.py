@@ -25,9 +25,10 @@ from uuid import UUID
 
 from celery import Task
 from celery.exceptions import Reject, Retry
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
-from common import metrics
+from common import inflight, metrics
 from common.envelope import Envelope
 from common.metrics import metric_labels
 from common.settings import get_settings
@@ -90,11 +91,15 @@ class EventTask(Task):  # type: ignore[type-arg]
                 return self._dead_letter(envelope, exc, "retries_exhausted", attempts)
             metrics.RETRIES.labels(*labels).inc()
             delay = backoff_seconds(self.request.retries, settings.task_retry_backoff_max)
+            _look_after(
+                inflight.postpone, self.request.id, delay + settings.broker_visibility_timeout
+            )
             logger.warning(
                 "event %s: attempt %d failed (%s), retrying in %.1fs",
                 self.request.id, attempts, type(exc).__name__, delay,
             )  # fmt: skip
             raise self.retry(exc=exc, countdown=delay) from None
+        _look_after(inflight.forget, self.request.id)
         metrics.EVENTS.labels(*labels, outcome.status).inc()
         if outcome.status == "processed":
             received = _received_at(str(envelope.get("received_at", "")))
@@ -130,11 +135,20 @@ class EventTask(Task):  # type: ignore[type-arg]
                 "event %s: dead-lettered as %s after %d attempt(s): %s",
                 self.request.id, reason, attempts, message,
             )  # fmt: skip
+            _look_after(inflight.forget, str(self.request.id))
             provider, event_type = metric_labels(envelope)
             metrics.DEAD_LETTERS.labels(provider, reason).inc()
             metrics.EVENTS.labels(provider, event_type, "dead_lettered").inc()
             return {"dead_letter_id": dead_letter_id, "reason": reason}
         raise AssertionError("unreachable")
+
+
+def _look_after(action: Callable[..., None], *args: Any) -> None:
+    """Update the in-flight record; failing that, the sweeper only queues a harmless copy."""
+    try:
+        action(resources.broker(), *args)
+    except RedisError as exc:
+        logger.warning("in-flight record not updated: %s", type(exc).__name__)
 
 
 def _identify(data: dict[str, Any], task_id: str) -> tuple[UUID, Envelope | None]:

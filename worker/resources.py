@@ -1,9 +1,10 @@
-"""Per-process resources: one engine, made lazily after fork."""
+"""Per-process resources: one engine and one broker client, made lazily after fork."""
 
 from __future__ import annotations
 
 import os
 
+import redis
 from sqlalchemy import Engine
 
 from common.settings import get_settings
@@ -11,6 +12,8 @@ from db.engine import make_engine
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
+_broker: redis.Redis | None = None
+_broker_pid: int | None = None
 
 
 def engine() -> Engine:
@@ -27,13 +30,28 @@ def engine() -> Engine:
     return _engine
 
 
+def broker() -> redis.Redis:
+    """A plain client of the broker's Redis, for the in-flight record."""
+    global _broker, _broker_pid
+    if _broker is None or _broker_pid != os.getpid():
+        _broker = redis.Redis.from_url(
+            get_settings().celery_broker_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        _broker_pid = os.getpid()
+    return _broker
+
+
 def reset() -> None:
     """Forget (without closing) what the parent process made; close nothing a parent owns."""
-    global _engine, _engine_pid
+    global _engine, _engine_pid, _broker, _broker_pid
     _engine = None
     _engine_pid = None
+    _broker = None
+    _broker_pid = None
 
 
 def dispose() -> None:
     if _engine is not None and _engine_pid == os.getpid():
         _engine.dispose()
+    if _broker is not None and _broker_pid == os.getpid():
+        _broker.close()

@@ -253,5 +253,5 @@ def queue_reply(client: redis.Redis, body: dict[str, Any]) -> str:
         received_at=datetime.now(UTC).isoformat(),
         payload=body,
     )
-    enqueue(client, TaskMessageBuilder(), envelope, ttl=300)
+    enqueue(client, TaskMessageBuilder(), envelope, ttl=300, grace=300)
     return envelope.event_id

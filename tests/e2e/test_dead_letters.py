@@ -240,7 +240,7 @@ def test_dead_letter_survives_postgres_down_at_the_moment_of_failure(
         envelope = Envelope(
             str(uuid.uuid4()), "hubspot", "x", "k", datetime.now(UTC).isoformat(), {}
         )
-        enqueue(client, TaskMessageBuilder(), envelope, ttl=300)
+        enqueue(client, TaskMessageBuilder(), envelope, ttl=300, grace=300)
         wait_for(
             lambda: "dead letter not written" in worker.output(),
             timeout=60,

@@ -19,6 +19,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from common import inflight
 from common.envelope import QUEUE_NAME, Envelope
 from common.queue import TaskMessageBuilder
 from tests.e2e.conftest import IsolatedStack, Process, scalar
@@ -108,6 +109,80 @@ def test_worker_processes_killed_mid_burst_every_event_is_processed_exactly_once
     wait_for(lambda: isolated.client.hlen("unacked") == 0, timeout=30, message="unacked left")
     assert_exactly_once(superuser_engine, total)
     assert "WorkerLostError" in worker.output()
+
+
+def kill_tree(process: Process) -> None:
+    """SIGKILL a worker's main process and its pool at once: no warm shutdown, nothing
+    restored on the way out, possibly a message popped but not yet recorded as unacked."""
+    children = kill_pool(process)
+    os.kill(process.popen.pid, signal.SIGKILL)
+    process.popen.wait(timeout=30)
+    assert children
+
+
+def test_whole_worker_killed_mid_burst_every_event_is_processed_exactly_once(
+    isolated: IsolatedStack, superuser_engine: Engine
+) -> None:
+    total = 1000
+    fast_recovery = {"BROKER_VISIBILITY_TIMEOUT": "5", "TASK_RETRY_BACKOFF_MAX": "2"}
+    _, url = isolated.receiver(**fast_recovery)
+    assert [r.status_code for r in send_all(url, leads(total, "tree"))] == [202] * total
+
+    for threshold in (150, 500):  # twice, each time the whole worker, main process included
+        doomed = isolated.worker(concurrency=2, **fast_recovery)
+
+        def reached(threshold: int = threshold) -> bool:
+            return safe_count(superuser_engine, PROCESSED) >= threshold
+
+        wait_for(reached, timeout=60, message="the burst did not get going")
+        kill_tree(doomed)
+    assert safe_count(superuser_engine, PROCESSED) < total, "the burst was over before the kill"
+
+    isolated.worker(concurrency=2, **fast_recovery)
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == total,
+        timeout=180,
+        message="not every accepted event was processed after the kills",
+    )
+    wait_for(
+        lambda: isolated.client.hlen(inflight.MESSAGES_KEY) == 0,
+        timeout=60,
+        message="in-flight records were left behind",
+    )
+    assert_exactly_once(superuser_engine, total)
+
+
+def test_a_message_the_consumer_lost_is_queued_again_from_the_in_flight_record(
+    isolated: IsolatedStack, superuser_engine: Engine
+) -> None:
+    # What the receiver's script leaves when a consumer popped the message and died before
+    # recording it: the in-flight record, due, and nothing in the queue or the unacked hash.
+    envelope = Envelope(
+        event_id=str(uuid.uuid4()),
+        provider="instantly",
+        event_type="reply_received",
+        idempotency_key=f"lost:{uuid.uuid4()}",
+        received_at=datetime.now(UTC).isoformat(),
+        payload=reply("lost.in.transit@example.org"),
+    )
+    message = TaskMessageBuilder().build(envelope)
+    isolated.client.hset(inflight.MESSAGES_KEY, envelope.event_id, message)
+    isolated.client.zadd(inflight.DUE_KEY, {envelope.event_id: 0})
+    assert isolated.client.llen(QUEUE_NAME) == 0
+
+    worker = isolated.worker(BROKER_VISIBILITY_TIMEOUT="5", TASK_RETRY_BACKOFF_MAX="2")
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == 1,
+        timeout=60,
+        message="the lost message was never queued again",
+    )
+    assert "in-flight sweep queued 1 event(s) again" in worker.output()
+    wait_for(
+        lambda: isolated.client.hlen(inflight.MESSAGES_KEY) == 0,
+        timeout=30,
+        message="the in-flight record was not forgotten after processing",
+    )
+    assert_exactly_once(superuser_engine, 1)
 
 
 def _pg_version() -> str:

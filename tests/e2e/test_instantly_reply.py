@@ -11,6 +11,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
+from common import inflight
 from common.envelope import QUEUE_NAME
 from tests.e2e.conftest import scalar, wait_processed
 from tests.helpers import wait_for
@@ -194,7 +195,7 @@ def test_the_same_envelope_delivered_to_the_worker_twice_makes_one_set_of_rows(
 
 
 def test_two_hundred_distinct_replies_make_two_hundred_deals_and_activities(
-    stack: str, superuser_engine: Engine
+    stack: str, superuser_engine: Engine, redis_client: redis.Redis
 ) -> None:
     async def send() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=stack, timeout=30) as client:
@@ -212,6 +213,13 @@ def test_two_hundred_distinct_replies_make_two_hundred_deals_and_activities(
     assert counts(superuser_engine) == {
         "contacts": 200, "deals": 200, "activities": 200, "webhook_events": 200,
     }  # fmt: skip
+    # Every finished event's in-flight record is gone, so the sweeper has nothing to resend.
+    wait_for(
+        lambda: redis_client.hlen(inflight.MESSAGES_KEY) == 0,
+        timeout=30,
+        message="in-flight records were left behind",
+    )
+    assert redis_client.zcard(inflight.DUE_KEY) == 0
 
 
 @pytest.mark.parametrize(
