@@ -44,8 +44,9 @@ def record(pipe: redis.client.Pipeline, event_id: str, message: bytes, grace: in
 
 
 def forget(client: redis.Redis, event_id: str) -> None:
-    """The event's outcome is committed: it needs no more looking after."""
-    pipe = client.pipeline(transaction=True)
+    """The event's outcome is committed: it needs no more looking after. Not a transaction: a
+    due time left without its message is dropped by the next sweep."""
+    pipe = client.pipeline(transaction=False)
     pipe.hdel(MESSAGES_KEY, event_id)
     pipe.zrem(DUE_KEY, event_id)
     pipe.execute()
