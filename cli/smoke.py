@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"crm-smoke: {exc}", file=sys.stderr)
             return 2
+        if secret is None and not settings.hmac_secrets_instantly:
+            print(
+                "crm-smoke: no --secret and HMAC_SHARED_SECRET_INSTANTLY is empty", file=sys.stderr
+            )
+            return 2
         secret = secret or settings.hmac_secrets_instantly[0].get()
         token = token or issue_token(settings.jwt_secret.get(), sub="crm-smoke", role="reader")
     try:

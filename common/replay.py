@@ -25,6 +25,8 @@ class Outcome:
     dead_letter_id: int
     status: str  # replayed | skipped | failed
     detail: str = ""
+    # False when trying again cannot help (the stored envelope itself is unusable).
+    retryable: bool = True
 
 
 class Replayer:
@@ -50,7 +52,8 @@ class Replayer:
                 # Queued before the mark commits: a failed push rolls the mark back.
                 enqueue(self._client, self._builder, envelope, self._ttl, self._grace)
         except EnvelopeError as exc:
-            return Outcome(dead_letter_id, "failed", f"stored envelope cannot be queued: {exc}")
+            detail = f"stored envelope cannot be queued: {exc}"
+            return Outcome(dead_letter_id, "failed", detail, retryable=False)
         except (RedisError, SQLAlchemyError) as exc:
             return Outcome(dead_letter_id, "failed", f"{type(exc).__name__}: service unavailable")
         return Outcome(dead_letter_id, "replayed", envelope.event_id)

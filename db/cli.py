@@ -104,7 +104,10 @@ def _run_alembic(settings: Settings, step: Callable[[Config, str], None], revisi
 @contextmanager
 def _autocommit(url: URL, where: str) -> Iterator[Connection]:
     """One AUTOCOMMIT connection (CREATE DATABASE refuses to run in a transaction)."""
-    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
+    # hide_parameters: a failing CREATE ROLE must not print the password in its error.
+    engine = create_engine(
+        url, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool, hide_parameters=True
+    )
     try:
         try:
             conn = engine.connect()

@@ -18,6 +18,8 @@ def make_engine(
     return create_engine(
         url,
         pool_pre_ping=True,
+        # Errors (dead letters, logs) never carry bound values: e-mails, payloads, passwords.
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args=connect_args,

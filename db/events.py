@@ -37,7 +37,9 @@ _INSERT_EVENT = (
         payload=bindparam("payload", type_=webhook_events.c.payload.type),
         received_at=bindparam("received_at"),
     )
-    .on_conflict_do_nothing(constraint="uniq_webhook_events_key")
+    # Any conflict: on the key (another delivery), or on the id too (two copies of one
+    # message inserting at once would otherwise collide on the primary key first).
+    .on_conflict_do_nothing()
     .returning(webhook_events.c.id)
 )
 _LOCK_EVENT = (

@@ -54,7 +54,7 @@ _OUT_OF_RANGE = "A filter value is out of range"
 
 def _dead_letter_id(request: Request) -> int | None:
     raw = request.path_params["dead_letter_id"]
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
 
 async def list_dead_letters(request: Request) -> Response:
@@ -112,6 +112,8 @@ async def replay_dead_letter(request: Request) -> Response:
     outcome = await run_in_threadpool(_replayer(request.app).replay_one, dead_letter_id)
     if outcome.status == "skipped":
         return error(404, "Unknown or discarded dead letter")
+    if outcome.status == "failed" and not outcome.retryable:
+        return error(422, f"Replay impossible: {outcome.detail}")
     if outcome.status == "failed":
         return error(503, f"Replay failed: {outcome.detail}")
     return JSONResponse(

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from starlette.routing import Route
 
 from common.envelope import Envelope
 from common.logging import configure_logging
+from common.queue import idempotency_redis_key
 from common.settings import Settings, SettingsError, load_settings
 from ingest import admin, metrics, openapi, status
 from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
@@ -63,6 +65,17 @@ def _has_nul(value: object) -> bool:
         elif isinstance(item, list):
             pending += item
     return False
+
+
+async def _queued_anyway(request: Request, envelope: Envelope) -> bool:
+    """After a timeout the script may have run with only its reply lost: then the event is
+    queued, and answering 503 would leave a claimed key behind a refusal."""
+    key = idempotency_redis_key(envelope.provider, envelope.idempotency_key)
+    try:
+        claimed = await request.app.state.redis.get(key)
+    except RedisError:
+        return False
+    return claimed is not None and claimed.decode() == envelope.event_id
 
 
 def _fault(request: Request, point: str) -> None:
@@ -109,7 +122,7 @@ async def receive_webhook(request: Request) -> Response:
     if event_type is None:
         return error(400, f"No event type: '{provider.event_type_field}' is missing or empty")
     try:
-        key = derive_key(provider.name, request.headers, payload)
+        key = derive_key(provider.name, request.headers, payload, body)
     except InvalidIdempotencyKey as exc:
         return error(400, str(exc))
 
@@ -128,6 +141,10 @@ async def receive_webhook(request: Request) -> Response:
     except orjson.JSONEncodeError:  # the queue message is built before Redis is touched
         return error(400, "Body is nested too deeply")
     except RedisError as exc:
+        if isinstance(exc, RedisTimeoutError) and await _queued_anyway(request, envelope):
+            return JSONResponse(
+                {"status": "queued", "event_id": envelope.event_id}, status_code=202
+            )
         logger.error(
             "queue unavailable, %s delivery refused: %s", provider.name, type(exc).__name__
         )

@@ -53,9 +53,10 @@ def _calcom_fingerprint(payload: dict[str, Any]) -> list[str]:
 _FINGERPRINTS = {"instantly": _instantly_fingerprint, "calcom": _calcom_fingerprint}
 
 
-def derive_key(provider: str, headers: Headers, payload: dict[str, Any]) -> str:
+def derive_key(provider: str, headers: Headers, payload: dict[str, Any], body: bytes) -> str:
     """`Idempotency-Key` header, else the payload's `idempotency_key`, else a SHA-256 over the
-    fields that identify one delivery of one event."""
+    fields that identify one delivery of one event — or over the whole body when none of them
+    is there beyond the event type, so unrelated events never share a key."""
     explicit = headers.get("idempotency-key")
     if explicit is None and "idempotency_key" in payload:
         explicit = payload["idempotency_key"]
@@ -68,7 +69,10 @@ def derive_key(provider: str, headers: Headers, payload: dict[str, Any]) -> str:
                 f"idempotency key must be 1 to {MAX_KEY_LENGTH} printable characters"
             )
         return explicit
-    fingerprint = json.dumps(_FINGERPRINTS[provider](payload), separators=(",", ":"))
+    fields = _FINGERPRINTS[provider](payload)
+    if not any(fields[1:]):
+        return "sha256-body:" + hashlib.sha256(body).hexdigest()
+    fingerprint = json.dumps(fields, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(fingerprint.encode()).hexdigest()
 
 
@@ -102,4 +106,6 @@ class Claimer:
         )
         if first is None:
             return None
-        return first.decode() if isinstance(first, bytes) else str(first)
+        first_id = first.decode() if isinstance(first, bytes) else str(first)
+        # A retried call whose first attempt ran (its reply lost) finds its own claim.
+        return None if first_id == envelope.event_id else first_id

@@ -214,6 +214,7 @@ _PATHS: dict[str, Any] = {
             {
                 "202": _reply("Queued again", "Replayed"),
                 "404": _reply("Unknown or discarded dead letter"),
+                "422": _reply("The stored envelope cannot be queued; discard it"),
                 "503": _reply("Replay failed: database or queue unavailable, retry later"),
             },
             parameters=[_DEAD_LETTER_ID],

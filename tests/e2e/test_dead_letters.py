@@ -443,3 +443,28 @@ def test_reader_token_on_a_replay_route_is_403(stack: str, reader_token: str, pa
     response = httpx.post(f"{stack}{path}", headers=auth(reader_token))
     assert response.status_code == 403
     assert response.json()["error"] == "Role 'reader' may not do this"
+
+
+def test_replaying_a_dead_letter_whose_envelope_is_unusable_is_422(
+    stack: str, superuser_engine: Engine, admin_token: str
+) -> None:
+    with superuser_engine.begin() as conn:
+        letter_id = conn.execute(
+            text(
+                "INSERT INTO dead_letters (event_id, provider, event_type, envelope, reason,"
+                " error_class, error_message) VALUES (gen_random_uuid(), 'unknown', 'unknown',"
+                " '{\"raw\": [1]}', 'invalid_payload', 'InvalidPayload', 'malformed envelope')"
+                " RETURNING id"
+            )
+        ).scalar_one()
+    response = httpx.post(
+        f"{stack}/admin/dead-letters/{letter_id}/replay", headers=auth(admin_token)
+    )
+    assert response.status_code == 422
+    assert "cannot be queued" in response.json()["error"]
+    assert "retry-after" not in response.headers
+
+
+def test_a_dead_letter_id_of_non_ascii_digits_is_404(stack: str, reader_token: str) -> None:
+    response = httpx.get(f"{stack}/admin/dead-letters/%C2%B2", headers=auth(reader_token))
+    assert response.status_code == 404

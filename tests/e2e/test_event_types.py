@@ -277,3 +277,16 @@ def test_a_thousand_mixed_events_for_a_hundred_leads_end_with_one_deal_each_in_t
         lead: [STAGE_NAMES[index]] for lead, index in expected.items()
     }
     assert scalar(superuser_engine, "SELECT count(*) FROM dead_letters") == 0
+
+
+def test_calcom_deliveries_without_a_uid_do_not_share_a_key(
+    stack: str, superuser_engine: Engine
+) -> None:
+    # With nothing but the trigger to identify them, two different bodies must not collide.
+    first = fixture("calcom", "booking_created", triggerEvent="MEETING_ENDED")
+    second = fixture("calcom", "booking_created", triggerEvent="MEETING_ENDED")
+    del first["payload"]["uid"], second["payload"]["uid"]
+    second["payload"]["startTime"] = "2026-12-01T09:00:00Z"
+    responses = [post_calcom(stack, body) for body in (first, second, first)]
+    assert [r.status_code for r in responses] == [202, 202, 409]
+    wait_processed(superuser_engine, [r.json()["event_id"] for r in responses[:2]])
