@@ -244,14 +244,19 @@ def isolated(
     isolated_stack.close()
 
 
-def queue_reply(client: redis.Redis, body: dict[str, Any]) -> str:
-    envelope = Envelope(
+def reply_envelope(body: dict[str, Any], key_prefix: str = "test") -> Envelope:
+    """The envelope the receiver would have built for an Instantly body, with a fresh key."""
+    return Envelope(
         event_id=str(uuid.uuid4()),
         provider="instantly",
         event_type=str(body["event_type"]),
-        idempotency_key=f"test:{uuid.uuid4()}",
+        idempotency_key=f"{key_prefix}:{uuid.uuid4()}",
         received_at=datetime.now(UTC).isoformat(),
         payload=body,
     )
+
+
+def queue_reply(client: redis.Redis, body: dict[str, Any]) -> str:
+    envelope = reply_envelope(body)
     enqueue(client, TaskMessageBuilder(), envelope, ttl=300, grace=300)
     return envelope.event_id

@@ -7,9 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from common import inflight
-from common.envelope import QUEUE_NAME, Envelope
+from common.envelope import QUEUE_NAME
 from common.queue import TaskMessageBuilder
-from tests.e2e.conftest import IsolatedStack, Process, scalar
+from tests.e2e.conftest import IsolatedStack, Process, reply_envelope, scalar
 from tests.helpers import wait_for
 from tests.payloads import encode, reply, signed_headers
 from tests.redis_server import RedisServer
@@ -157,14 +155,7 @@ def test_a_message_the_consumer_lost_is_queued_again_from_the_in_flight_record(
 ) -> None:
     # What the receiver's script leaves when a consumer popped the message and died before
     # recording it: the in-flight record, due, and nothing in the queue or the unacked hash.
-    envelope = Envelope(
-        event_id=str(uuid.uuid4()),
-        provider="instantly",
-        event_type="reply_received",
-        idempotency_key=f"lost:{uuid.uuid4()}",
-        received_at=datetime.now(UTC).isoformat(),
-        payload=reply("lost.in.transit@example.org"),
-    )
+    envelope = reply_envelope(reply("lost.in.transit@example.org"), "lost")
     message = TaskMessageBuilder().build(envelope)
     isolated.client.hset(inflight.MESSAGES_KEY, envelope.event_id, message)
     isolated.client.zadd(inflight.DUE_KEY, {envelope.event_id: 0})
@@ -352,14 +343,7 @@ def _blocked_workers(engine: Engine) -> int:
 def test_same_envelope_queued_three_times_while_a_worker_is_mid_transaction(
     stack: str, superuser_engine: Engine, redis_client: redis.Redis
 ) -> None:
-    envelope = Envelope(
-        event_id=str(uuid.uuid4()),
-        provider="instantly",
-        event_type="reply_received",
-        idempotency_key=f"redelivered:{uuid.uuid4()}",
-        received_at=datetime.now(UTC).isoformat(),
-        payload=reply("mid.transaction@example.org"),
-    )
+    envelope = reply_envelope(reply("mid.transaction@example.org"), "redelivered")
     message = TaskMessageBuilder().build(envelope)
     with superuser_engine.connect() as blocker:
         # The first copy's transaction stops at its activity insert, holding its event row.

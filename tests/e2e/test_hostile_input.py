@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -26,11 +26,11 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import Engine, text
 
-from common.envelope import QUEUE_NAME, Envelope
+from common.envelope import QUEUE_NAME
 from common.settings import Settings
 from db import dead_letters
 from ingest.openapi import SPEC
-from tests.e2e.conftest import queue_idle, scalar, wait_processed
+from tests.e2e.conftest import queue_idle, reply_envelope, scalar, wait_processed
 from tests.helpers import wait_for
 from tests.payloads import (
     CALCOM_SECRET,
@@ -268,14 +268,7 @@ def test_the_served_description_is_valid_openapi_3_1(stack: str) -> None:
 def dead_letter(stack: str, superuser_engine: Engine) -> int:
     """Dead letter 1 and its dead event, so the 200s of the admin routes are exercised too."""
     body = reply(lead_email=None, email=None)  # no lead e-mail: the worker dead-letters it again
-    envelope = Envelope(
-        event_id=str(uuid.uuid4()),
-        provider="instantly",
-        event_type="reply_received",
-        idempotency_key=f"hostile:{uuid.uuid4()}",
-        received_at=datetime.now(UTC).isoformat(),
-        payload=body,
-    )
+    envelope = reply_envelope(body, "hostile")
     failure = {"provider": "instantly", "event_type": "reply_received", "attempts": 1}
     with superuser_engine.begin() as conn:
         dead_letters.mark_event_dead(
