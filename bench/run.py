@@ -37,8 +37,7 @@ from bench.stack import (
     start_worker,
     wait_until,
 )
-from common.envelope import QUEUE_NAME
-from common.queue import TaskMessageBuilder
+from common.queue import TaskMessageBuilder, enqueue
 from common.settings import Settings, load_settings
 from db.cli import bootstrap, migrate, superuser_url
 
@@ -120,13 +119,15 @@ def measure_ingest(
     }
 
 
-def _queue_events(client: redis.Redis, count: int, tag: str) -> None:
+def _queue_events(settings: Settings, client: redis.Redis, count: int, tag: str) -> None:
+    """Queued as a replay queues them: message, `queued` marker and in-flight record."""
     builder = TaskMessageBuilder()
-    pipe = client.pipeline(transaction=False)
     for index in range(count):
         envelope = envelope_for(sample_payload(index, tag), f"bench:{tag}:{index}")
-        pipe.lpush(QUEUE_NAME, builder.build(envelope))
-    pipe.execute()
+        enqueue(
+            client, builder, envelope, settings.idempotency_ttl_seconds,
+            settings.broker_visibility_timeout,
+        )  # fmt: skip
 
 
 def _drain_rate(settings: Settings, count: int) -> float:
@@ -154,7 +155,7 @@ def measure_drain(
     result["reference_eps"] = round(run_reference(dsn, envelopes), 1)
     for concurrency in (1, 2):
         _reset(settings, client)
-        _queue_events(client, args.drain_events, f"c{concurrency}")
+        _queue_events(settings, client, args.drain_events, f"c{concurrency}")
         worker = start_worker(env, concurrency, log_dir)
         try:
             wait_until(

@@ -43,18 +43,23 @@ def record(pipe: redis.client.Pipeline, event_id: str, message: bytes, grace: in
     pipe.zadd(DUE_KEY, {event_id: time.time() + grace})
 
 
-def forget(client: redis.Redis, event_id: str) -> None:
-    """The event's outcome is committed: it needs no more looking after. Not a transaction: a
-    due time left without its message is dropped by the next sweep."""
+def forget(client: redis.Redis, *event_ids: str) -> None:
+    """The events' outcomes are committed: they need no more looking after. Not a transaction:
+    a due time left without its message is dropped by the next sweep."""
+    if not event_ids:
+        return
     pipe = client.pipeline(transaction=False)
-    pipe.hdel(MESSAGES_KEY, event_id)
-    pipe.zrem(DUE_KEY, event_id)
+    pipe.hdel(MESSAGES_KEY, *event_ids)
+    pipe.zrem(DUE_KEY, *event_ids)
     pipe.execute()
 
 
-def postpone(client: redis.Redis, event_id: str, seconds: float) -> None:
-    """A retry is scheduled: the event is not lost, only waiting; push its due time back."""
-    client.zadd(DUE_KEY, {event_id: time.time() + seconds}, xx=True)
+def postpone(client: redis.Redis, seconds: float, *event_ids: str) -> None:
+    """The events are not lost, only held (taken by a worker, or waiting for a retry): due
+    again `seconds` from now, the way a broker's visibility timeout restarts at delivery."""
+    if event_ids:
+        due = time.time() + seconds
+        client.zadd(DUE_KEY, dict.fromkeys(event_ids, due), xx=True)
 
 
 def sweep(client: redis.Redis, grace: int, batch: int = 500) -> int:

@@ -57,6 +57,11 @@ PROCESSING_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
 
+BATCH_EVENTS = Histogram(
+    "crm_event_batch_size",
+    "Events a worker committed in one transaction (more than one only under a backlog).",
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)
 
 # Label values come from senders' payloads: only documented types get a series of their own,
 # so a sender cannot grow the number of series without bound.

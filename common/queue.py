@@ -14,6 +14,8 @@ import base64
 import os
 import socket
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -127,3 +129,35 @@ def enqueue(
     pipe.set(event_redis_key(envelope.event_id), event_marker(envelope), ex=ttl)
     inflight.record(pipe, envelope.event_id, message, grace)
     pipe.execute()
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """What a worker needs from a queue message it took off the list itself."""
+
+    task_id: str
+    task_name: str
+    retries: int
+    eta: datetime | None
+    envelope: Any
+
+
+def read_message(raw: bytes) -> QueuedTask:
+    """Decode a kombu Redis message as Celery's worker would; ValueError if it is not one."""
+    try:
+        message = orjson.loads(raw)
+        headers = message["headers"]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = orjson.loads(body)[0]
+        eta = headers.get("eta")
+        return QueuedTask(
+            task_id=str(headers["id"]),
+            task_name=str(headers["task"]),
+            retries=int(headers.get("retries") or 0),
+            eta=datetime.fromisoformat(eta) if eta else None,
+            envelope=args[0] if args else None,
+        )
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a task message: {type(exc).__name__}") from None

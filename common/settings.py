@@ -90,6 +90,9 @@ class Settings:
     body_timeout_seconds: int = 10
     ingest_port: int = 8000
     worker_concurrency: int = 2
+    # Most events one task commits together: under a backlog a task takes up to this many
+    # queued events and applies them in one transaction (one commit for all); 1 turns it off.
+    worker_batch_size: int = 20
     # Opens, clicks and sends become a note each (high volume), not only a stored event.
     engagement_activities: bool = False
     # 0: the worker serves no /metrics of its own (beside the receiver, the receiver does).
@@ -219,6 +222,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         ingest_port=_int(env, "INGEST_PORT", base.ingest_port, minimum=1),
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", base.worker_concurrency, minimum=1),
+        worker_batch_size=_int(env, "WORKER_BATCH_SIZE", base.worker_batch_size, minimum=1),
         worker_metrics_port=_int(env, "WORKER_METRICS_PORT", base.worker_metrics_port),
         engagement_activities=_bool(env, "ENGAGEMENT_ACTIVITIES", base.engagement_activities),
         broker_visibility_timeout=_int(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
 from celery import Celery
 
 from common.envelope import QUEUE_NAME, TASK_NAME, Envelope
-from common.queue import TaskMessageBuilder
+from common.queue import TaskMessageBuilder, read_message
 
 ENVELOPE = Envelope(
     event_id="6f0c2f1e-7d4a-4b8e-9a31-0d7c6e5b4a29",
@@ -49,3 +50,21 @@ def test_every_message_gets_its_own_delivery_tag() -> None:
     builder = TaskMessageBuilder()
     first, second = (json.loads(builder.build(ENVELOPE)) for _ in range(2))
     assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
+
+
+def test_a_built_message_reads_back_as_the_task_celery_would_run() -> None:
+    task = read_message(TaskMessageBuilder().build(ENVELOPE))
+    assert (task.task_id, task.task_name, task.retries, task.eta) == (
+        ENVELOPE.event_id, TASK_NAME, 0, None,
+    )  # fmt: skip
+    assert task.envelope == ENVELOPE.to_dict()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"not json", b"[]", b'{"headers": {}}', b'{"body": "e30=", "headers": {"id": "x"}}'],
+    ids=["empty", "not_json", "not_an_object", "no_body", "no_task_name"],
+)
+def test_what_is_not_a_task_message_is_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="not a task message"):
+        read_message(raw)

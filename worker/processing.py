@@ -3,12 +3,13 @@ commit together, so a redelivered or replayed envelope finds the row and does no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from common.envelope import Envelope, EnvelopeError
 from db import events
@@ -36,24 +37,36 @@ class Outcome:
 
 def process(engine: Engine, envelope: Envelope, *, attempts: int) -> Outcome:
     """Apply the event's effects once; a repeat returns the stored result and writes nothing."""
+    return process_batch(engine, [(envelope, attempts)])[0]
+
+
+def process_batch(engine: Engine, batch: Sequence[tuple[Envelope, int]]) -> list[Outcome]:
+    """Several events (each with its attempt number) in one transaction: one commit for all,
+    and all or nothing. A caller whose batch fails runs its events one by one, so a single bad
+    event costs the others only the retry, and every guard row still commits with its effects."""
     with engine.begin() as conn:
-        claim = events.claim_event(
-            conn,
-            event_id=UUID(envelope.event_id),
-            provider=envelope.provider,
-            event_type=envelope.event_type,
-            idempotency_key=envelope.idempotency_key,
-            payload=envelope.payload,
-            received_at=datetime.fromisoformat(envelope.received_at),
-            attempts=attempts,
-        )
-        if claim.done:
-            return Outcome("duplicate", claim.result or {})
-        handler = handler_for(envelope.provider, envelope.event_type)
-        if handler is None:
-            result: dict[str, Any] = {"ignored": f"no effect for {envelope.event_type}"}
-            events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
-            return Outcome("ignored", result)
-        result = handler(conn, envelope)
-        events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
-        return Outcome("processed", result)
+        return [apply_event(conn, envelope, attempts=attempts) for envelope, attempts in batch]
+
+
+def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outcome:
+    """The event's guard row, effects and outcome, inside the caller's transaction."""
+    claim = events.claim_event(
+        conn,
+        event_id=UUID(envelope.event_id),
+        provider=envelope.provider,
+        event_type=envelope.event_type,
+        idempotency_key=envelope.idempotency_key,
+        payload=envelope.payload,
+        received_at=datetime.fromisoformat(envelope.received_at),
+        attempts=attempts,
+    )
+    if claim.done:
+        return Outcome("duplicate", claim.result or {})
+    handler = handler_for(envelope.provider, envelope.event_type)
+    if handler is None:
+        result: dict[str, Any] = {"ignored": f"no effect for {envelope.event_type}"}
+        events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
+        return Outcome("ignored", result)
+    result = handler(conn, envelope)
+    events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
+    return Outcome("processed", result)

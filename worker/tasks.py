@@ -6,16 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from common.envelope import TASK_NAME
-from worker import resources
 from worker.app import app
 from worker.delivery import EventTask
-from worker.processing import Outcome, parse_envelope, process
-
-
-def _process(envelope: Any, attempts: int) -> Outcome:
-    return process(resources.engine(), parse_envelope(envelope), attempts=attempts)
 
 
 @app.task(name=TASK_NAME, bind=True, base=EventTask)
 def process_event(self: EventTask, envelope: dict[str, Any]) -> dict[str, Any]:
-    return self.deliver(envelope, _process)
+    return self.deliver(envelope)

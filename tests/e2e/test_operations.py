@@ -90,6 +90,8 @@ def test_metrics_count_a_burst_by_outcome(
     assert delta(events, outcome="dead_lettered", **reply_labels) == 1
     assert delta("crm_dead_letters_total", provider="instantly", reason="invalid_payload") == 1
     assert delta("crm_event_processing_latency_seconds_count", **reply_labels) == 5
+    # However the workers happened to group them, the five committed events are all counted.
+    assert delta("crm_event_batch_size_sum") == 5
     assert value(after, "crm_dead_letters_open") == 1
     assert value(after, "crm_queue_depth") == 0
     assert ("crm_queue_unacked", ()) in after
