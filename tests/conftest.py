@@ -39,6 +39,7 @@ _STRIPPED_NAMES = frozenset(
         "MAX_BODY_BYTES",
         "INGEST_PORT",
         "WORKER_CONCURRENCY",
+        "WORKER_BATCH_SIZE",
         "BODY_TIMEOUT_SECONDS",
         "TEST_FAULT_INJECTION",
         "WORKER_METRICS_PORT",

@@ -107,6 +107,7 @@ def test_production_refuses_placeholder_database_passwords(name: str) -> None:
         ("MAX_BODY_BYTES", "1MB"),
         ("INGEST_PORT", "0"),
         ("WORKER_CONCURRENCY", "-2"),
+        ("WORKER_BATCH_SIZE", "0"),
         ("IDEMPOTENCY_TTL_SECONDS", "1.5"),
     ],
 )
