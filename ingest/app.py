@@ -4,6 +4,7 @@ parse → claim the idempotency key and enqueue (one Redis round trip) → 202."
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -183,6 +184,18 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, "Internal error")
 
 
+def _settle_garbage_collector() -> None:
+    """Everything imported and built at start-up lives as long as the process: moved out of
+    the collector's sight, a collection only walks the objects of the requests in flight.
+    Each request allocates a parsed payload; a young generation of 50,000 objects instead of
+    700 collects a few times a second under load instead of hundreds. (Profiled with
+    callgrind: the collector was a tenth of the instructions a delivery costs beyond the
+    floor's.)"""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         try:
@@ -209,6 +222,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             inflight_grace=resolved.broker_visibility_timeout,
         )
         app.state.redis = broker or client
+        _settle_garbage_collector()
         try:
             yield
         finally:

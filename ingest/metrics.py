@@ -6,6 +6,7 @@ import base64
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -40,15 +41,28 @@ _KNOWN_PROVIDERS = frozenset(metrics.KNOWN_EVENT_TYPES)
 
 def instrumented(handler: Handler) -> Handler:
     """Count every webhook delivery by outcome and time its answer."""
+    # The labelled series per (provider, status), looked up once: `labels()` validates and
+    # locks on every call. Only known providers are kept, so the cache stays small.
+    series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def counted(request: Request) -> Response:
         started = time.perf_counter()
         response = await handler(request)
         provider = request.path_params.get("provider", "")
-        provider = provider if provider in _KNOWN_PROVIDERS else "unknown"
-        outcome, reason = _OUTCOMES.get(response.status_code, ("rejected", "other"))
-        metrics.DELIVERIES.labels(provider, outcome, reason).inc()
-        metrics.REQUEST_SECONDS.labels(provider).observe(time.perf_counter() - started)
+        key = (provider, response.status_code)
+        found = series.get(key)
+        if found is None:
+            known = provider in _KNOWN_PROVIDERS
+            label = provider if known else "unknown"
+            outcome, reason = _OUTCOMES.get(response.status_code, ("rejected", "other"))
+            found = (
+                metrics.DELIVERIES.labels(label, outcome, reason),
+                metrics.REQUEST_SECONDS.labels(label),
+            )
+            if known:
+                series[key] = found
+        found[0].inc()
+        found[1].observe(time.perf_counter() - started)
         return response
 
     return counted
