@@ -3,7 +3,6 @@ parse → claim the idempotency key and enqueue (one Redis round trip) → 202."
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -29,6 +28,7 @@ from common.logging import configure_logging
 from common.queue import idempotency_redis_key
 from common.settings import Settings, SettingsError, load_settings
 from ingest import admin, metrics, openapi, status
+from ingest.deadlines import BodyDeadlines
 from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
 from ingest.providers import Provider, providers_from
 from ingest.responses import error
@@ -98,8 +98,9 @@ async def receive_webhook(request: Request) -> Response:
         return error(415, "Content-Type must be application/json")
     try:
         # A client trickling its body would otherwise hold the connection open for ever.
-        async with asyncio.timeout(settings.body_timeout_seconds):
-            body = await _read_body(request, settings.max_body_bytes)
+        body = await request.app.state.body_deadlines.within(
+            _read_body(request, settings.max_body_bytes)
+        )
     except _TooLarge:
         return error(413, f"Body larger than {settings.max_body_bytes} bytes")
     except TimeoutError:
@@ -222,10 +223,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             inflight_grace=resolved.broker_visibility_timeout,
         )
         app.state.redis = broker or client
+        app.state.body_deadlines.start()
         _settle_garbage_collector()
         try:
             yield
         finally:
+            await app.state.body_deadlines.stop()
             await client.aclose()
             if broker is not None:
                 await broker.aclose()
@@ -246,6 +249,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = resolved
+    app.state.body_deadlines = BodyDeadlines(resolved.body_timeout_seconds)
     app.state.providers = providers_from(resolved)
     if resolved.dev_signature_bypass:
         logger.warning("DEV_SIGNATURE_BYPASS is on: unsigned webhooks will be accepted")
