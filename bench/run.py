@@ -121,14 +121,11 @@ def measure_ingest(
 
 
 def _queue_events(settings: Settings, client: redis.Redis, count: int, tag: str) -> None:
-    """Queued as a replay queues them: message, `queued` marker and in-flight record."""
+    """Queued as a replay queues them: the message and its in-flight record."""
     builder = TaskMessageBuilder()
     for index in range(count):
         envelope = envelope_for(sample_payload(index, tag), f"bench:{tag}:{index}")
-        enqueue(
-            client, builder, envelope, settings.idempotency_ttl_seconds,
-            settings.broker_visibility_timeout,
-        )  # fmt: skip
+        enqueue(client, builder, envelope, settings.broker_visibility_timeout)
 
 
 def _drain_rate(settings: Settings, count: int) -> float:

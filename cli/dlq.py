@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 print(f"crm-dlq: not found or already discarded: {missing}", file=sys.stderr)
             return 1 if missing else 0
-        replayer = Replayer(
-            engine, client, settings.idempotency_ttl_seconds, settings.broker_visibility_timeout
-        )
+        replayer = Replayer(engine, client, settings.broker_visibility_timeout)
         return _replay(args, replayer, filters)
     except (SQLAlchemyError, RedisError) as exc:
         where = f"{settings.pg_host}:{settings.pg_port}"

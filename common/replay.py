@@ -30,12 +30,9 @@ class Outcome:
 
 
 class Replayer:
-    def __init__(
-        self, engine: Engine, client: redis.Redis, ttl_seconds: int, inflight_grace: int
-    ) -> None:
+    def __init__(self, engine: Engine, client: redis.Redis, inflight_grace: int) -> None:
         self._engine = engine
         self._client = client
-        self._ttl = ttl_seconds
         self._grace = inflight_grace
         self._builder = TaskMessageBuilder()
 
@@ -50,7 +47,7 @@ class Replayer:
                     return Outcome(dead_letter_id, "skipped", "no such dead letter, or discarded")
                 envelope = Envelope.from_dict(stored)
                 # Queued before the mark commits: a failed push rolls the mark back.
-                enqueue(self._client, self._builder, envelope, self._ttl, self._grace)
+                enqueue(self._client, self._builder, envelope, self._grace)
         except EnvelopeError as exc:
             detail = f"stored envelope cannot be queued: {exc}"
             return Outcome(dead_letter_id, "failed", detail, retryable=False)

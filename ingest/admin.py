@@ -32,7 +32,6 @@ def _replayer(app: Starlette) -> Replayer:
         app.state.replayer = Replayer(
             engine(app),
             client,
-            settings.idempotency_ttl_seconds,
             settings.broker_visibility_timeout,
         )
     replayer: Replayer = app.state.replayer

@@ -31,7 +31,7 @@ from ingest import admin, metrics, openapi, status
 from ingest.deadlines import BodyDeadlines
 from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
 from ingest.providers import Provider, providers_from
-from ingest.responses import error
+from ingest.responses import error, queued
 
 logger = logging.getLogger("crm.ingest")
 
@@ -144,16 +144,14 @@ async def receive_webhook(request: Request) -> Response:
         return error(400, "Body is nested too deeply")
     except RedisError as exc:
         if isinstance(exc, RedisTimeoutError) and await _queued_anyway(request, envelope):
-            return JSONResponse(
-                {"status": "queued", "event_id": envelope.event_id}, status_code=202
-            )
+            return queued(envelope.event_id)
         logger.error(
             "queue unavailable, %s delivery refused: %s", provider.name, type(exc).__name__
         )
         return error(503, "Queue unavailable, retry later")
     if first is not None:
         return error(409, "Duplicate event", event_id=first)
-    return JSONResponse({"status": "queued", "event_id": envelope.event_id}, status_code=202)
+    return queued(envelope.event_id)
 
 
 async def healthz(request: Request) -> Response:

@@ -14,8 +14,6 @@ from common.envelope import QUEUE_NAME, Envelope
 from common.queue import (
     CLAIM_AND_ENQUEUE_LUA,
     TaskMessageBuilder,
-    event_marker,
-    event_redis_key,
     idempotency_redis_key,
 )
 
@@ -92,7 +90,6 @@ class Claimer:
             keys=[
                 idempotency_redis_key(envelope.provider, envelope.idempotency_key),
                 QUEUE_NAME,
-                event_redis_key(envelope.event_id),
                 inflight.MESSAGES_KEY,
                 inflight.DUE_KEY,
             ],
@@ -100,7 +97,6 @@ class Claimer:
                 envelope.event_id,
                 self._ttl,
                 self._builder.build(envelope),
-                event_marker(envelope),
                 self._grace,
             ],
         )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +17,7 @@ from starlette.routing import Route
 
 from common import metrics
 from common.envelope import QUEUE_NAME
+from common.queue import read_message
 from db.tables import dead_letters
 from ingest.status import engine
 
@@ -73,9 +72,8 @@ def _oldest_age_seconds(message: bytes | None) -> float:
     if message is None:
         return 0.0
     try:
-        body = orjson.loads(base64.b64decode(orjson.loads(message)["body"]))
-        received = datetime.fromisoformat(body[0][0]["received_at"])
-    except (ValueError, KeyError, IndexError, TypeError):
+        received = datetime.fromisoformat(read_message(message).envelope["received_at"])
+    except (ValueError, KeyError, TypeError):
         return 0.0
     return max(0.0, (datetime.now(UTC) - received).total_seconds())
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -15,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.queue import event_redis_key
+from common import inflight
+from common.envelope import Envelope
+from common.queue import read_message
 from common.settings import Settings
 from common.tokens import Claims, TokenError, verify_token
 from db import events
@@ -81,20 +82,24 @@ async def get_event(request: Request) -> Response:
     if stored is not None:
         return JSONResponse(stored)
     try:
-        marker = await request.app.state.redis.get(event_redis_key(str(event_id)))
+        message = await request.app.state.redis.hget(inflight.MESSAGES_KEY, str(event_id))
     except RedisError:
         return error(503, "Queue unavailable, retry later")
-    if marker is None:
+    if message is None:
         return error(404, "Unknown event")
-    queued = json.loads(marker)
+    # Accepted, not yet committed: its in-flight record holds the queued message.
+    try:
+        queued = Envelope.from_dict(read_message(message).envelope)
+    except ValueError:
+        return error(404, "Unknown event")
     return JSONResponse(
         {
             "event_id": str(event_id),
-            "provider": queued["provider"],
-            "event_type": queued["event_type"],
+            "provider": queued.provider,
+            "event_type": queued.event_type,
             "status": "queued",
             "attempts": 0,
-            "received_at": queued["received_at"],
+            "received_at": queued.received_at,
             "processed_at": None,
             "result": None,
             "error": None,

@@ -258,5 +258,5 @@ def reply_envelope(body: dict[str, Any], key_prefix: str = "test") -> Envelope:
 
 def queue_reply(client: redis.Redis, body: dict[str, Any]) -> str:
     envelope = reply_envelope(body)
-    enqueue(client, TaskMessageBuilder(), envelope, ttl=300, grace=300)
+    enqueue(client, TaskMessageBuilder(), envelope, grace=300)
     return envelope.event_id

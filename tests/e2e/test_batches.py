@@ -62,7 +62,7 @@ def test_bad_events_in_a_backlog_are_dead_lettered_and_the_rest_committed(
     bodies[7] = reply(lead_email=None, email=None)  # fails inside the transaction
     event_ids = [queue_reply(isolated.client, body) for body in bodies]
     unknown = Envelope(str(uuid.uuid4()), "hubspot", "x", "k", datetime.now(UTC).isoformat(), {})
-    enqueue(isolated.client, TaskMessageBuilder(), unknown, ttl=300, grace=300)
+    enqueue(isolated.client, TaskMessageBuilder(), unknown, grace=300)
     isolated.worker(WORKER_BATCH_SIZE="10")
     wait_processed(superuser_engine, event_ids)
     wait_for(

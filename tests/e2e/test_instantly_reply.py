@@ -323,22 +323,35 @@ def test_unknown_or_custom_instantly_event_types_are_stored_as_ignored(
 def test_status_of_a_queued_event_is_queued(
     stack: str, redis_client: redis.Redis, reader_token: str
 ) -> None:
-    # An event the worker has not written yet is known only to Redis.
+    # An event the worker has not written yet is known only to Redis, by its in-flight record.
     from datetime import UTC, datetime
 
+    from common import inflight
     from common.envelope import Envelope
-    from common.queue import event_marker, event_redis_key
+    from common.queue import TaskMessageBuilder
 
     event_id = "00000000-0000-4000-8000-000000000001"
-    envelope = Envelope(
-        event_id, "instantly", "reply_received", "k", datetime.now(UTC).isoformat(), {}
-    )
-    redis_client.set(event_redis_key(event_id), event_marker(envelope), ex=60)
-    shown = httpx.get(
-        f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
-    )
+    received_at = datetime.now(UTC).isoformat()
+    envelope = Envelope(event_id, "instantly", "reply_received", "k", received_at, {})
+    redis_client.hset(inflight.MESSAGES_KEY, event_id, TaskMessageBuilder().build(envelope))
+    try:
+        shown = httpx.get(
+            f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
+        )
+    finally:
+        redis_client.hdel(inflight.MESSAGES_KEY, event_id)
     assert shown.status_code == 200
-    assert shown.json()["status"] == "queued"
+    assert shown.json() == {
+        "event_id": event_id,
+        "provider": "instantly",
+        "event_type": "reply_received",
+        "status": "queued",
+        "attempts": 0,
+        "received_at": received_at,
+        "processed_at": None,
+        "result": None,
+        "error": None,
+    }
     unknown = httpx.get(
         f"{stack}/events/00000000-0000-4000-8000-000000000002",
         headers={"Authorization": f"Bearer {reader_token}"},
