@@ -11,6 +11,7 @@ worker consumes these messages.
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import socket
 import uuid
@@ -27,19 +28,24 @@ from common.envelope import QUEUE_NAME, TASK_NAME, Envelope
 
 IDEMPOTENCY_PREFIX = "crm:idem:"
 # KEYS: idempotency key, queue list, in-flight messages, in-flight due times.
-# ARGV: event id, ttl, message, seconds until the in-flight record is due.
+# ARGV: event id, message. Settings: the key's ttl and the in-flight grace, both in seconds.
 # Answers the first delivery's event id on a repeat, nothing when it claimed and queued. The
 # in-flight record doubles as what `GET /events/{id}` reads while the event is queued.
-CLAIM_AND_ENQUEUE_LUA = """
+_CLAIM_AND_ENQUEUE_LUA = """
 local first = redis.call('GET', KEYS[1])
 if first then return first end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('LPUSH', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', {ttl})
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 local now = redis.call('TIME')
-redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(ARGV[4]), ARGV[1])
+redis.call('ZADD', KEYS[4], tonumber(now[1]) + {grace}, ARGV[1])
 return false
 """
+
+
+def claim_and_enqueue_lua(ttl: int, grace: int) -> str:
+    """The script with its two settings written in: two arguments fewer to send per call."""
+    return _CLAIM_AND_ENQUEUE_LUA.format(ttl=int(ttl), grace=int(grace))
 
 
 def idempotency_redis_key(provider: str, key: str) -> str:
@@ -66,22 +72,11 @@ class TaskMessageBuilder:
             argsrepr="",
             kwargsrepr="{}",
         )
-        self._headers: dict[str, Any] = dict(template.headers)
-        self._properties: dict[str, Any] = dict(template.properties)
-        self._embed: dict[str, Any] = template.body[2]
-
-    def build(self, envelope: Envelope) -> bytes:
-        task_id = envelope.event_id
-        headers = dict(self._headers)
-        headers.update(
-            id=task_id,
-            root_id=task_id,
-            # Celery would repr() the whole payload here; the id is what an operator needs.
-            argsrepr=f"[<envelope {task_id} {envelope.provider}:{envelope.event_type}>]",
-        )
-        properties = dict(self._properties)
+        headers: dict[str, Any] = dict(template.headers)
+        headers.update(id=_ID, root_id=_ID, argsrepr=_ARGSREPR)
+        properties: dict[str, Any] = dict(template.properties)
         properties.update(
-            correlation_id=task_id,
+            correlation_id=_ID,
             reply_to="",
             delivery_mode=2,
             delivery_info={"exchange": "", "routing_key": QUEUE_NAME},
@@ -90,18 +85,79 @@ class TaskMessageBuilder:
             # smaller, and encoding it was a tenth of the receiver's work beyond the floor's.
             # kombu passes a body whose encoding is utf-8 through untouched.
             body_encoding="utf-8",
-            delivery_tag=str(uuid.uuid4()),
+            delivery_tag=_TAG,
         )
-        body = orjson.dumps([[envelope.to_dict()], {}, self._embed])
-        return orjson.dumps(
+        rendered = orjson.dumps(
             {
-                "body": body.decode(),
+                "body": _BODY,
                 "content-encoding": "utf-8",
                 "content-type": "application/json",
                 "headers": headers,
                 "properties": properties,
             }
         )
+        # The rendered template, cut at each placeholder: a message is the pieces with each
+        # message's own values (JSON-encoded) between them, with no dicts to copy and encode.
+        self._pieces, self._fields = _cut(rendered, [orjson.dumps(p) for p in _PLACEHOLDERS])
+        self._embed: dict[str, Any] = template.body[2]
+        self._tag_pid = 0
+        self._tag_prefix = ""
+        self._tag_count = itertools.count()
+
+    def _delivery_tag(self) -> bytes:
+        """Unique among all messages, like kombu's uuid4 per message, for a tenth of the cost:
+        a random prefix per process, then a counter. A forked copy of the builder draws a
+        prefix of its own before its first message."""
+        pid = os.getpid()
+        if pid != self._tag_pid:
+            self._tag_pid, self._tag_prefix = pid, uuid.uuid4().hex
+            self._tag_count = itertools.count()
+        return f'"{self._tag_prefix}-{next(self._tag_count)}"'.encode()
+
+    def build(self, envelope: Envelope) -> bytes:
+        task_id = orjson.dumps(envelope.event_id)
+        values = {
+            _BODY: orjson.dumps(orjson.dumps([[envelope.to_dict()], {}, self._embed]).decode()),
+            _ID: task_id,
+            # Celery would repr() the whole payload here; the id is what an operator needs.
+            _ARGSREPR: orjson.dumps(
+                f"[<envelope {envelope.event_id} {envelope.provider}:{envelope.event_type}>]"
+            ),
+            _TAG: self._delivery_tag(),
+        }
+        parts = [self._pieces[0]]
+        for field, piece in zip(self._fields, self._pieces[1:], strict=True):
+            parts += (values[field], piece)
+        return b"".join(parts)
+
+
+# Placeholders in the message template, each replaced per message by its own value.
+_BODY, _ID, _ARGSREPR, _TAG = "\x00body", "\x00id", "\x00argsrepr", "\x00tag"
+_PLACEHOLDERS = (_BODY, _ID, _ARGSREPR, _TAG)
+
+
+def _cut(rendered: bytes, tokens: list[bytes]) -> tuple[list[bytes], list[str]]:
+    """`rendered` split at every occurrence of the (JSON-encoded) placeholders, in order."""
+    by_token = dict(zip(tokens, _PLACEHOLDERS, strict=True))
+    hits = sorted((index, token) for token in tokens for index in _occurrences(rendered, token))
+    pieces: list[bytes] = []
+    fields: list[str] = []
+    start = 0
+    for index, token in hits:
+        pieces.append(rendered[start:index])
+        fields.append(by_token[token])
+        start = index + len(token)
+    pieces.append(rendered[start:])
+    return pieces, fields
+
+
+def _occurrences(haystack: bytes, needle: bytes) -> list[int]:
+    found: list[int] = []
+    index = haystack.find(needle)
+    while index != -1:
+        found.append(index)
+        index = haystack.find(needle, index + len(needle))
+    return found
 
 
 def enqueue(

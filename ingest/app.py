@@ -79,9 +79,9 @@ async def _queued_anyway(request: Request, envelope: Envelope) -> bool:
     return claimed is not None and claimed.decode() == envelope.event_id
 
 
-def _fault(request: Request, point: str) -> None:
+def _fault(settings: Settings, point: str) -> None:
     """Die here, as a crashed process would, when a test asked for it (APP_ENV=test only)."""
-    if request.app.state.settings.test_fault_injection == point:
+    if settings.test_fault_injection == point:
         os._exit(70)
 
 
@@ -136,10 +136,10 @@ async def receive_webhook(request: Request) -> Response:
         received_at=datetime.now(UTC).isoformat(),
         payload=payload,
     )
-    _fault(request, "exit_before_enqueue")
+    _fault(settings, "exit_before_enqueue")
     try:
         first = await request.app.state.claimer.claim_and_enqueue(envelope)
-        _fault(request, "exit_after_enqueue")
+        _fault(settings, "exit_after_enqueue")
     except orjson.JSONEncodeError:  # the queue message is built before Redis is touched
         return error(400, "Body is nested too deeply")
     except RedisError as exc:

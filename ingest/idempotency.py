@@ -12,12 +12,15 @@ from starlette.datastructures import Headers
 from common import inflight
 from common.envelope import QUEUE_NAME, Envelope
 from common.queue import (
-    CLAIM_AND_ENQUEUE_LUA,
     TaskMessageBuilder,
+    claim_and_enqueue_lua,
     idempotency_redis_key,
 )
 
 MAX_KEY_LENGTH = 255
+# json.dumps(fields, separators=(",", ":")), byte for byte (keys already issued depend on it),
+# without building an encoder per delivery.
+_FINGERPRINT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 class InvalidIdempotencyKey(ValueError):
@@ -70,7 +73,7 @@ def derive_key(provider: str, headers: Headers, payload: dict[str, Any], body: b
     fields = _FINGERPRINTS[provider](payload)
     if not any(fields[1:]):
         return "sha256-body:" + hashlib.sha256(body).hexdigest()
-    fingerprint = json.dumps(fields, separators=(",", ":"))
+    fingerprint = _FINGERPRINT_JSON.encode(fields)
     return "sha256:" + hashlib.sha256(fingerprint.encode()).hexdigest()
 
 
@@ -79,9 +82,7 @@ class Claimer:
 
     def __init__(self, client: aioredis.Redis, ttl_seconds: int, inflight_grace: int) -> None:
         self._client = client
-        self._ttl = ttl_seconds
-        self._grace = inflight_grace
-        self._script = client.register_script(CLAIM_AND_ENQUEUE_LUA)
+        self._script = client.register_script(claim_and_enqueue_lua(ttl_seconds, inflight_grace))
         self._builder = TaskMessageBuilder()
 
     async def claim_and_enqueue(self, envelope: Envelope) -> str | None:
@@ -93,12 +94,7 @@ class Claimer:
                 inflight.MESSAGES_KEY,
                 inflight.DUE_KEY,
             ],
-            args=[
-                envelope.event_id,
-                self._ttl,
-                self._builder.build(envelope),
-                self._grace,
-            ],
+            args=[envelope.event_id, self._builder.build(envelope)],
         )
         if first is None:
             return None

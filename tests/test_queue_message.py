@@ -67,3 +67,29 @@ def test_a_built_message_reads_back_as_the_task_celery_would_run() -> None:
 def test_what_is_not_a_task_message_is_refused(raw: bytes) -> None:
     with pytest.raises(ValueError, match="not a task message"):
         read_message(raw)
+
+
+def test_text_that_needs_escaping_survives_the_template() -> None:
+    tricky = Envelope(
+        event_id=ENVELOPE.event_id,
+        provider="instantly",
+        event_type='reply "quoted" \\ ünïcödé \x00id',
+        idempotency_key="k",
+        received_at=ENVELOPE.received_at,
+        payload={"text": '"}, "headers": {"id": "forged"}', "nul-like": "\x00body"},
+    )
+    raw = TaskMessageBuilder().build(tricky)
+    message = json.loads(raw)
+    assert message["headers"]["id"] == tricky.event_id
+    assert tricky.event_type in message["headers"]["argsrepr"]
+    assert read_message(raw).envelope == tricky.to_dict()
+
+
+def test_delivery_tags_stay_unique_across_builders_and_many_messages() -> None:
+    builders = [TaskMessageBuilder(), TaskMessageBuilder()]
+    tags = {
+        json.loads(builder.build(ENVELOPE))["properties"]["delivery_tag"]
+        for builder in builders
+        for _ in range(1000)
+    }
+    assert len(tags) == 2000

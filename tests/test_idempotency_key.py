@@ -1,0 +1,31 @@
+"""Derived idempotency keys are a contract with the past: keys already issued (in Redis for a
+week, in webhook_events for ever) must come out the same for the same delivery."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from starlette.datastructures import Headers
+
+from ingest.idempotency import derive_key
+from tests.payloads import reply
+
+
+def test_an_instantly_reply_keys_on_its_identifying_fields_as_it_always_has() -> None:
+    body = reply("Ünïcode.Lead@Example.org")
+    fields = [
+        body["event_type"], body["workspace"], body["campaign"],
+        "ünïcode.lead@example.org", body["timestamp"], body["email_id"],
+    ]  # fmt: skip
+    expected = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
+
+    key = derive_key("instantly", Headers({}), body, json.dumps(body).encode())
+
+    assert key == f"sha256:{expected}"
+
+
+def test_an_explicit_key_wins_over_the_fingerprint() -> None:
+    body = reply()
+    headers = Headers({"Idempotency-Key": "  sender-key-1 "})
+    assert derive_key("instantly", headers, body, b"{}") == "sender-key-1"
