@@ -53,7 +53,8 @@ def idempotency_redis_key(provider: str, key: str) -> str:
 
 
 class TaskMessageBuilder:
-    """Builds the exact message `send_task(TASK_NAME, args=[envelope], queue=QUEUE_NAME)` pushes.
+    """Builds the message `send_task(TASK_NAME, args=[envelope], queue=QUEUE_NAME)` pushes, with
+    its body as JSON where kombu would base64 it (both are read the same by a worker).
 
     Celery's builder runs once, for a template; each message then only gets its own ids and
     arguments. (Calling `as_task_v2` per delivery was a third of the receiver's time.) A test
