@@ -38,7 +38,7 @@ from common.settings import get_settings
 from db import dead_letters
 from worker import resources
 from worker.errors import PermanentError
-from worker.processing import Outcome, parse_envelope, process_batch
+from worker.processing import Outcome, parse_envelope, process, process_batch
 
 logger = logging.getLogger("crm.worker")
 
@@ -134,7 +134,7 @@ class EventTask(Task):  # type: ignore[type-arg]
         settings = get_settings()
         set_event(parsed.event_id, parsed.provider, parsed.event_type)
         try:
-            outcome = process_batch(resources.engine(), [(parsed, delivery.attempts)])[0]
+            outcome = process(resources.engine(), parsed, attempts=delivery.attempts)
         except PermanentError as exc:
             return self._dead_letter(delivery, exc, exc.reason)
         except Exception as exc:
