@@ -81,7 +81,6 @@ class Claimer:
     """Claims idempotency keys and queues events, atomically, in one EVALSHA."""
 
     def __init__(self, client: aioredis.Redis, ttl_seconds: int, inflight_grace: int) -> None:
-        self._client = client
         self._script = client.register_script(claim_and_enqueue_lua(ttl_seconds, inflight_grace))
         self._builder = TaskMessageBuilder()
 
