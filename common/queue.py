@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class TaskMessageBuilder:
         )
         # The rendered template, cut at each placeholder: a message is the pieces with each
         # message's own values (JSON-encoded) between them, with no dicts to copy and encode.
-        self._pieces, self._fields = _cut(rendered, [orjson.dumps(p) for p in _PLACEHOLDERS])
+        self._pieces, self._fields = _cut(rendered)
         self._embed: dict[str, Any] = template.body[2]
         self._tag_pid = 0
         self._tag_prefix = ""
@@ -137,28 +138,12 @@ _BODY, _ID, _ARGSREPR, _TAG = "\x00body", "\x00id", "\x00argsrepr", "\x00tag"
 _PLACEHOLDERS = (_BODY, _ID, _ARGSREPR, _TAG)
 
 
-def _cut(rendered: bytes, tokens: list[bytes]) -> tuple[list[bytes], list[str]]:
-    """`rendered` split at every occurrence of the (JSON-encoded) placeholders, in order."""
-    by_token = dict(zip(tokens, _PLACEHOLDERS, strict=True))
-    hits = sorted((index, token) for token in tokens for index in _occurrences(rendered, token))
-    pieces: list[bytes] = []
-    fields: list[str] = []
-    start = 0
-    for index, token in hits:
-        pieces.append(rendered[start:index])
-        fields.append(by_token[token])
-        start = index + len(token)
-    pieces.append(rendered[start:])
-    return pieces, fields
-
-
-def _occurrences(haystack: bytes, needle: bytes) -> list[int]:
-    found: list[int] = []
-    index = haystack.find(needle)
-    while index != -1:
-        found.append(index)
-        index = haystack.find(needle, index + len(needle))
-    return found
+def _cut(rendered: bytes) -> tuple[list[bytes], list[str]]:
+    """`rendered` split at every (JSON-encoded) placeholder: the pieces between them, and which
+    placeholder stood at each cut, in order."""
+    tokens = {orjson.dumps(placeholder): placeholder for placeholder in _PLACEHOLDERS}
+    split = re.split(b"(" + b"|".join(map(re.escape, tokens)) + b")", rendered)
+    return split[0::2], [tokens[token] for token in split[1::2]]
 
 
 def enqueue(
