@@ -77,26 +77,27 @@ def _wrk(
 
 def _reset(settings: Settings, client: redis.Redis) -> None:
     client.flushdb()
-    engine = create_engine(
-        superuser_url(settings, database=settings.pg_database), poolclass=pool.NullPool
-    )
     tables = "activities, deals, contacts, companies, webhook_events, dead_letters"
-    with engine.begin() as conn:
+    with _engine(settings).begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} CASCADE"))
-    engine.dispose()
 
 
 _ENGINES: dict[str, Engine] = {}
 
 
-def _scalar(settings: Settings, sql: str) -> Any:
-    """One query on one kept connection: a connection per poll would fork a PostgreSQL backend
-    many times a second, CPU taken from the workers being measured on the same two cores."""
+def _engine(settings: Settings) -> Engine:
+    """One kept connection to the scratch database: a connection per poll would fork a
+    PostgreSQL backend many times a second, CPU taken from the workers being measured on the
+    same two cores."""
     engine = _ENGINES.get(settings.pg_database)
     if engine is None:
         url = superuser_url(settings, database=settings.pg_database)
         engine = _ENGINES[settings.pg_database] = create_engine(url, pool_size=1, max_overflow=0)
-    with engine.connect() as conn:
+    return engine
+
+
+def _scalar(settings: Settings, sql: str) -> Any:
+    with _engine(settings).connect() as conn:
         return conn.execute(text(sql)).scalar()
 
 
