@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,17 @@ TASK_NAME = "crm.process_event"
 PROVIDERS = ("instantly", "calcom")
 
 _FIELDS = ("event_id", "provider", "event_type", "idempotency_key", "received_at")
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in its canonical text form, as `str(uuid.uuid4())` gives, for
+    a third of its cost: the text is cut from the random bytes' hex without building a UUID.
+    Same source (os.urandom), same 122 random bits."""
+    digits = os.urandom(16).hex()
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return (
+        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
+    )
 
 
 class EnvelopeError(ValueError):

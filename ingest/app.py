@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.envelope import Envelope
+from common.envelope import Envelope, new_event_id
 from common.logging import configure_logging
 from common.queue import idempotency_redis_key
 from common.settings import Settings, SettingsError, load_settings
@@ -129,7 +128,7 @@ async def receive_webhook(request: Request) -> Response:
         return error(400, str(exc))
 
     envelope = Envelope(
-        event_id=str(uuid.uuid4()),
+        event_id=new_event_id(),
         provider=provider.name,
         event_type=event_type,
         idempotency_key=key,
