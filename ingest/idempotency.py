@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from starlette.datastructures import Headers
 
@@ -73,8 +74,17 @@ def derive_key(provider: str, headers: Headers, payload: dict[str, Any], body: b
     fields = _FINGERPRINTS[provider](payload)
     if not any(fields[1:]):
         return "sha256-body:" + hashlib.sha256(body).hexdigest()
-    fingerprint = _FINGERPRINT_JSON.encode(fields)
-    return "sha256:" + hashlib.sha256(fingerprint.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(_fingerprint_json(fields)).hexdigest()
+
+
+def _fingerprint_json(fields: list[str]) -> bytes:
+    """`json.dumps(fields, separators=(",", ":"))`, UTF-8 encoded, at a fifth of its cost in
+    the common case. orjson writes the same bytes unless the text holds non-ASCII or DEL, which
+    json escapes as \\uXXXX and orjson writes raw: then json's own encoder runs."""
+    fast = orjson.dumps(fields)
+    if fast.isascii() and b"\x7f" not in fast:
+        return fast
+    return _FINGERPRINT_JSON.encode(fields).encode()
 
 
 class Claimer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 from starlette.datastructures import Headers
 
 from ingest.idempotency import derive_key
@@ -23,6 +24,28 @@ def test_an_instantly_reply_keys_on_its_identifying_fields_as_it_always_has() ->
     key = derive_key("instantly", Headers({}), body, json.dumps(body).encode())
 
     assert key == f"sha256:{expected}"
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "plain.lead@example.org",
+        'quote"and\\backslash@example.org',
+        "tab\tnewline\ncontrol\x01\x1f@example.org",
+        "del\x7f@example.org",
+        "ünïcode@exämple.org",
+        "emoji\U0001f600@example.org",
+    ],
+)
+def test_every_kind_of_character_keys_as_json_dumps_would(email: str) -> None:
+    body = reply(email)
+    fields = [
+        body["event_type"], body["workspace"], body["campaign"],
+        email.lower(), body["timestamp"], body["email_id"],
+    ]  # fmt: skip
+    expected = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
+
+    assert derive_key("instantly", Headers({}), body, b"{}") == f"sha256:{expected}"
 
 
 def test_an_explicit_key_wins_over_the_fingerprint() -> None:
