@@ -8,7 +8,6 @@ with the same settings, so the three figures differ only in the work each route 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from starlette.applications import Starlette
@@ -35,7 +34,7 @@ async def bare(request: Request) -> Response:
 async def floor(request: Request) -> Response:
     body = await request.body()
     secret = request.app.state.settings.hmac_secrets_instantly[0].get().encode()
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    expected = hmac.digest(secret, body, "sha256").hex()  # as cheap as the receiver's HMAC
     given = request.headers.get("x-instantly-signature", "").removeprefix("sha256=")
     if not hmac.compare_digest(given.encode(), expected.encode()):
         return JSONResponse({"error": "Missing or invalid signature"}, status_code=401)

@@ -66,6 +66,17 @@ def test_hmac_over_the_body_with_a_trailing_newline_is_401(untouched: str) -> No
     _assert_error(_post(untouched, raw, headers), 401, "signature")
 
 
+@pytest.mark.parametrize(
+    "signature",
+    ["sha256=" + "zz" * 32, "sha256=" + "ab " * 20 + "abab", "sha256=" + "ab" * 31, "sha256="],
+    ids=["64-non-hex", "hex-with-spaces", "62-digits", "empty"],
+)
+def test_signature_that_is_not_64_hex_digits_is_401(untouched: str, signature: str) -> None:
+    raw = encode(reply())
+    headers = {"Content-Type": "application/json", "X-Instantly-Signature": signature}
+    _assert_error(_post(untouched, raw, headers), 401, "signature")
+
+
 def test_wrong_signature_is_401_even_with_a_good_bearer_token(untouched: str) -> None:
     raw = encode(reply())
     headers = signed_headers(raw, secret="not-the-secret") | {

@@ -291,6 +291,16 @@ def test_bare_hex_signature_is_accepted(stack: str) -> None:
     assert response.status_code == 202
 
 
+def test_upper_case_hex_signature_is_accepted(stack: str) -> None:
+    from tests.payloads import hmac_hex
+
+    raw = encode(reply("upper.hex@example.org"))
+    signature = f"sha256={hmac_hex(raw).upper()}"
+    headers = {"Content-Type": "application/json", "X-Instantly-Signature": signature}
+    response = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=headers)
+    assert response.status_code == 202
+
+
 def test_rotated_secret_is_accepted(stack: str) -> None:
     response = post(stack, reply("rotated@example.org"))
     assert response.status_code == 202
