@@ -20,9 +20,7 @@ def new_event_id() -> str:
     Same source (os.urandom), same 122 random bits."""
     digits = os.urandom(16).hex()
     variant = "89ab"[int(digits[16], 16) & 3]
-    return (
-        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
-    )
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 class EnvelopeError(ValueError):
