@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.envelope import Envelope, new_event_id
+from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
 from common.queue import idempotency_redis_key
 from common.settings import Settings, SettingsError, load_settings
@@ -132,7 +131,7 @@ async def receive_webhook(request: Request) -> Response:
         provider=provider.name,
         event_type=event_type,
         idempotency_key=key,
-        received_at=datetime.now(UTC).isoformat(),
+        received_at=utc_now_iso(),
         payload=payload,
     )
     _fault(settings, "exit_before_enqueue")
