@@ -49,10 +49,11 @@ async def floor(request: Request) -> Response:
 
 def create_bench_app() -> Starlette:
     app = create_app()
-    app.router.routes.extend(
-        [
-            Route("/bench/bare", bare, methods=["POST"]),
-            Route("/bench/floor", floor, methods=["POST"]),
-        ]
-    )
+    # First in the routing table, as the webhook route is: Starlette tries routes in order, and
+    # ten regex matches more (where these routes once stood, last) cost the floor ~20k
+    # instructions per request that the real route does not pay.
+    app.router.routes[:0] = [
+        Route("/bench/bare", bare, methods=["POST"]),
+        Route("/bench/floor", floor, methods=["POST"]),
+    ]
     return app
