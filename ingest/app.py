@@ -27,6 +27,7 @@ from common.queue import idempotency_redis_key
 from common.settings import Settings, SettingsError, load_settings
 from ingest import admin, metrics, openapi, status
 from ingest.deadlines import BodyDeadlines
+from ingest.headers import HeaderIndex
 from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
 from ingest.providers import Provider, providers_from
 from ingest.responses import error, queued
@@ -38,10 +39,9 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit`: a lying Content-Length or a chunked body
-    cannot make us buffer more than the limit."""
-    declared = request.headers.get("content-length")
+async def _read_body(request: Request, declared: str | None, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit`: a lying Content-Length (`declared`) or a
+    chunked body cannot make us buffer more than the limit."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     body = bytearray()
@@ -92,19 +92,20 @@ async def receive_webhook(request: Request) -> Response:
     provider: Provider | None = request.app.state.providers.get(request.path_params["provider"])
     if provider is None:
         return error(404, "Unknown provider")
-    if not _is_json(request.headers.get("content-type")):
+    headers = HeaderIndex(request.scope["headers"])
+    if not _is_json(headers.get("content-type")):
         return error(415, "Content-Type must be application/json")
     try:
         # A client trickling its body would otherwise hold the connection open for ever.
         body = await request.app.state.body_deadlines.within(
-            _read_body(request, settings.max_body_bytes)
+            _read_body(request, headers.get("content-length"), settings.max_body_bytes)
         )
     except _TooLarge:
         return error(413, f"Body larger than {settings.max_body_bytes} bytes")
     except TimeoutError:
         return error(408, f"Body not received within {settings.body_timeout_seconds} s")
 
-    if not provider.verify(request.headers, body, provider.secrets):
+    if not provider.verify(headers, body, provider.secrets):
         if not settings.dev_signature_bypass:
             return error(401, "Missing or invalid signature")
         logger.warning("DEV_SIGNATURE_BYPASS let an unauthenticated %s delivery in", provider.name)
@@ -122,7 +123,7 @@ async def receive_webhook(request: Request) -> Response:
     if event_type is None:
         return error(400, f"No event type: '{provider.event_type_field}' is missing or empty")
     try:
-        key = derive_key(provider.name, request.headers, payload, body)
+        key = derive_key(provider.name, headers, payload, body)
     except InvalidIdempotencyKey as exc:
         return error(400, str(exc))
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from starlette.datastructures import Headers
-
 from common.settings import Secret
+from ingest.headers import HeaderLookup
 
 _SHA256_HEX_LEN = 64
 
 
-def _single(headers: Headers, name: str) -> str | None:
+def _single(headers: HeaderLookup, name: str) -> str | None:
     """The header's value; None when absent or repeated (a repeat is ambiguous, so refused)."""
     values = headers.getlist(name)
     return values[0] if len(values) == 1 else None
@@ -44,23 +43,27 @@ def _matches_bearer(authorization: str, secrets: Sequence[Secret]) -> bool:
     return matched
 
 
-def verify_instantly(headers: Headers, body: bytes, secrets: Sequence[Secret]) -> bool:
+def verify_instantly(headers: HeaderLookup, body: bytes, secrets: Sequence[Secret]) -> bool:
     """Instantly cannot sign; its webhook settings add fixed headers. So either an HMAC-SHA256
     of the body in `X-Instantly-Signature` (from a relay that can sign) or the shared secret as
-    a bearer token. A present but wrong signature fails even when a bearer token is also sent."""
-    secrets = [s for s in secrets if s.get()]
+    a bearer token. A present but wrong signature fails even when a bearer token is also sent.
+    `secrets`: the configured ones, none empty (see `usable`)."""
     if not secrets:
         return False
-    if "x-instantly-signature" in headers:
-        signature = _single(headers, "x-instantly-signature")
-        return signature is not None and _matches_hmac(signature, body, secrets)
+    signatures = headers.getlist("x-instantly-signature")
+    if signatures:
+        return len(signatures) == 1 and _matches_hmac(signatures[0], body, secrets)
     authorization = _single(headers, "authorization")
     return authorization is not None and _matches_bearer(authorization, secrets)
 
 
-def verify_calcom(headers: Headers, body: bytes, secrets: Sequence[Secret]) -> bool:
+def verify_calcom(headers: HeaderLookup, body: bytes, secrets: Sequence[Secret]) -> bool:
     """Cal.com signs every delivery; with no secret set on its side it sends the literal
     `no-secret-provided`, which never matches a 64-hex-digit digest."""
-    secrets = [s for s in secrets if s.get()]
     signature = _single(headers, "x-cal-signature-256")
     return bool(secrets) and signature is not None and _matches_hmac(signature, body, secrets)
+
+
+def usable(secrets: Sequence[Secret]) -> tuple[Secret, ...]:
+    """The secrets a signature may be checked against: an empty one would let anyone sign."""
+    return tuple(secret for secret in secrets if secret.get())

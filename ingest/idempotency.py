@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from starlette.datastructures import Headers
 
 from common import inflight
 from common.envelope import QUEUE_NAME, Envelope
@@ -17,6 +16,7 @@ from common.queue import (
     claim_and_enqueue_lua,
     idempotency_redis_key,
 )
+from ingest.headers import HeaderLookup
 
 MAX_KEY_LENGTH = 255
 # json.dumps(fields, separators=(",", ":")), byte for byte (keys already issued depend on it),
@@ -55,7 +55,7 @@ def _calcom_fingerprint(payload: dict[str, Any]) -> list[str]:
 _FINGERPRINTS = {"instantly": _instantly_fingerprint, "calcom": _calcom_fingerprint}
 
 
-def derive_key(provider: str, headers: Headers, payload: dict[str, Any], body: bytes) -> str:
+def derive_key(provider: str, headers: HeaderLookup, payload: dict[str, Any], body: bytes) -> str:
     """`Idempotency-Key` header, else the payload's `idempotency_key`, else a SHA-256 over the
     fields that identify one delivery of one event — or over the whole body when none of them
     is there beyond the event type, so unrelated events never share a key."""

@@ -6,16 +6,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import Headers
-
 from common.settings import Secret, Settings
-from ingest.auth import verify_calcom, verify_instantly
+from ingest.auth import usable, verify_calcom, verify_instantly
+from ingest.headers import HeaderLookup
 
 
 @dataclass(frozen=True)
 class Provider:
     name: str
-    verify: Callable[[Headers, bytes, Sequence[Secret]], bool]
+    verify: Callable[[HeaderLookup, bytes, Sequence[Secret]], bool]
     secrets: tuple[Secret, ...]
     event_type_field: str
 
@@ -29,13 +28,13 @@ def providers_from(settings: Settings) -> dict[str, Provider]:
         "instantly": Provider(
             name="instantly",
             verify=verify_instantly,
-            secrets=settings.hmac_secrets_instantly,
+            secrets=usable(settings.hmac_secrets_instantly),
             event_type_field="event_type",
         ),
         "calcom": Provider(
             name="calcom",
             verify=verify_calcom,
-            secrets=settings.hmac_secrets_calcom,
+            secrets=usable(settings.hmac_secrets_calcom),
             event_type_field="triggerEvent",
         ),
     }
