@@ -18,6 +18,8 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -100,7 +102,10 @@ class TaskMessageBuilder:
         )
         # The rendered template, cut at each placeholder: a message is the pieces with each
         # message's own values (JSON-encoded) between them, with no dicts to copy and encode.
-        self._pieces, self._fields = _cut(rendered)
+        # `_arrange` puts a message's values in the order their placeholders stand, then an
+        # empty one to pair with the last piece.
+        self._pieces, fields = _cut(rendered)
+        self._arrange = itemgetter(*[_PLACEHOLDERS.index(f) for f in fields], len(_PLACEHOLDERS))
         self._embed: dict[str, Any] = template.body[2]
         self._tag_pid = 0
         self._tag_prefix = ""
@@ -117,20 +122,18 @@ class TaskMessageBuilder:
         return f'"{self._tag_prefix}-{next(self._tag_count)}"'.encode()
 
     def build(self, envelope: Envelope) -> bytes:
-        task_id = orjson.dumps(envelope.event_id)
-        values = {
-            _BODY: orjson.dumps(orjson.dumps([[envelope.to_dict()], {}, self._embed]).decode()),
-            _ID: task_id,
+        values = (  # in _PLACEHOLDERS' order
+            orjson.dumps(orjson.dumps([[envelope.to_dict()], {}, self._embed]).decode()),
+            orjson.dumps(envelope.event_id),
             # Celery would repr() the whole payload here; the id is what an operator needs.
-            _ARGSREPR: orjson.dumps(
+            orjson.dumps(
                 f"[<envelope {envelope.event_id} {envelope.provider}:{envelope.event_type}>]"
             ),
-            _TAG: self._delivery_tag(),
-        }
-        parts = [self._pieces[0]]
-        for field, piece in zip(self._fields, self._pieces[1:], strict=True):
-            parts += (values[field], piece)
-        return b"".join(parts)
+            self._delivery_tag(),
+            b"",
+        )
+        pairs = zip(self._pieces, self._arrange(values), strict=True)
+        return b"".join(chain.from_iterable(pairs))
 
 
 # Placeholders in the message template, each replaced per message by its own value.
