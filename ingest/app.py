@@ -87,9 +87,24 @@ def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == "application/json"
 
 
+class _Webhooks:
+    """What the webhook route reads per delivery, behind one app-state lookup instead of four
+    (each a Python-level `State.__getattr__`). The claimer needs the Redis client, so it is
+    set when the app starts."""
+
+    __slots__ = ("body_deadlines", "claimer", "providers", "settings")
+    claimer: Claimer
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.providers = providers_from(settings)
+        self.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
+
+
 async def receive_webhook(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    provider: Provider | None = request.app.state.providers.get(request.path_params["provider"])
+    webhooks: _Webhooks = request.app.state.webhooks
+    settings = webhooks.settings
+    provider: Provider | None = webhooks.providers.get(request.path_params["provider"])
     if provider is None:
         return error(404, "Unknown provider")
     headers = HeaderIndex(request.scope["headers"])
@@ -97,7 +112,7 @@ async def receive_webhook(request: Request) -> Response:
         return error(415, "Content-Type must be application/json")
     try:
         # A client trickling its body would otherwise hold the connection open for ever.
-        body = await request.app.state.body_deadlines.within(
+        body = await webhooks.body_deadlines.within(
             _read_body(request, headers.get("content-length"), settings.max_body_bytes)
         )
     except _TooLarge:
@@ -137,7 +152,7 @@ async def receive_webhook(request: Request) -> Response:
     )
     _fault(settings, "exit_before_enqueue")
     try:
-        first = await request.app.state.claimer.claim_and_enqueue(envelope)
+        first = await webhooks.claimer.claim_and_enqueue(envelope)
         _fault(settings, "exit_after_enqueue")
     except orjson.JSONEncodeError:  # the queue message is built before Redis is touched
         return error(400, "Body is nested too deeply")
@@ -203,6 +218,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise SystemExit(2) from None
     resolved = settings
     configure_logging(resolved.log_level)
+    webhooks = _Webhooks(resolved)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -214,18 +230,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             broker = aioredis.Redis.from_url(resolved.celery_broker_url, **options)
             app.state.ready_clients["broker"] = broker
         # The queue lives on the broker: claim and push must hit the same server in one script.
-        app.state.claimer = Claimer(
+        webhooks.claimer = Claimer(
             broker or client,
             resolved.idempotency_ttl_seconds,
             inflight_grace=resolved.broker_visibility_timeout,
         )
         app.state.redis = broker or client
-        app.state.body_deadlines.start()
+        webhooks.body_deadlines.start()
         _settle_garbage_collector()
         try:
             yield
         finally:
-            await app.state.body_deadlines.stop()
+            await webhooks.body_deadlines.stop()
             await client.aclose()
             if broker is not None:
                 await broker.aclose()
@@ -246,8 +262,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = resolved
-    app.state.body_deadlines = BodyDeadlines(resolved.body_timeout_seconds)
-    app.state.providers = providers_from(resolved)
+    app.state.webhooks = webhooks
     if resolved.dev_signature_bypass:
         logger.warning("DEV_SIGNATURE_BYPASS is on: unsigned webhooks will be accepted")
     return app
