@@ -29,11 +29,12 @@ DELIVERIES = Counter(
     "Webhook deliveries by provider and outcome (accepted, duplicate, rejected) and reason.",
     ["provider", "outcome", "reason"],
 )
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 REQUEST_SECONDS = Histogram(
     "crm_webhook_request_duration_seconds",
     "Time to answer a webhook delivery, from the first byte read to the response.",
     ["provider"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    buckets=REQUEST_BUCKETS,
 )
 EVENTS = Counter(
     "crm_events_processed_total",

@@ -3,6 +3,8 @@ parse → claim the idempotency key and enqueue (one Redis round trip) → 202."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -237,10 +239,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         app.state.redis = broker or client
         webhooks.body_deadlines.start()
+        folding = asyncio.get_running_loop().create_task(metrics.TALLY.fold_every_while())
         _settle_garbage_collector()
         try:
             yield
         finally:
+            folding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await folding
             await webhooks.body_deadlines.stop()
             await client.aclose()
             if broker is not None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,30 +41,78 @@ _OUTCOMES = {
 _KNOWN_PROVIDERS = frozenset(metrics.KNOWN_EVENT_TYPES)
 
 
+class DeliveryTally:
+    """Webhook deliveries counted and timed in plain Python, folded into the Prometheus series
+    in bulk: before every scrape of this process, and every `FOLD_SECONDS` (for the scrapes
+    another worker process answers). prometheus-client takes a lock per increment, three per
+    delivery for a counter and a histogram: tallying instead cut 13k instructions per delivery
+    through uvicorn (callgrind), about a twelfth of what the receiver does beyond the floor.
+
+    The histogram is folded bucket by bucket through its children's values (`_buckets`,
+    `_sum`): it has no public call to observe many values at once. A unit test compares a
+    fold with plain `observe` calls, so a prometheus-client that changes them fails there."""
+
+    FOLD_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        # (provider label, status) -> [count, sum of seconds, count per histogram bucket]
+        self._pending: dict[tuple[str, int], list[Any]] = {}
+        self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._bounds = (*metrics.REQUEST_BUCKETS, math.inf)  # the histogram's, +Inf last
+
+    def add(self, provider: str, status: int, seconds: float) -> None:
+        key = (provider, status)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = [0, 0.0, [0] * len(self._bounds)]
+        pending[0] += 1
+        pending[1] += seconds
+        pending[2][bisect_left(self._bounds, seconds)] += 1  # as observe: first bound >= it
+
+    def fold(self) -> None:
+        pending, self._pending = self._pending, {}
+        for key, (count, total, buckets) in pending.items():
+            counter, histogram = self._series_for(*key)
+            counter.inc(count)
+            histogram._sum.inc(total)
+            for bucket, hits in zip(histogram._buckets, buckets, strict=True):
+                if hits:
+                    bucket.inc(hits)
+
+    def _series_for(self, provider: str, status: int) -> tuple[Any, Any]:
+        """The labelled series, looked up once: `labels()` validates and locks on every call."""
+        found = self._series.get((provider, status))
+        if found is None:
+            outcome, reason = _OUTCOMES.get(status, ("rejected", "other"))
+            found = self._series[(provider, status)] = (
+                metrics.DELIVERIES.labels(provider, outcome, reason),
+                metrics.REQUEST_SECONDS.labels(provider),
+            )
+        return found
+
+    async def fold_every_while(self) -> None:
+        """Fold on a timer until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(self.FOLD_SECONDS)
+                self.fold()
+        finally:
+            self.fold()
+
+
+TALLY = DeliveryTally()
+
+
 def instrumented(handler: Handler) -> Handler:
     """Count every webhook delivery by outcome and time its answer."""
-    # The labelled series per (provider, status), looked up once: `labels()` validates and
-    # locks on every call. Only known providers are kept, so the cache stays small.
-    series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def counted(request: Request) -> Response:
         started = time.perf_counter()
         response = await handler(request)
         provider = request.path_params.get("provider", "")
-        key = (provider, response.status_code)
-        found = series.get(key)
-        if found is None:
-            known = provider in _KNOWN_PROVIDERS
-            label = provider if known else "unknown"
-            outcome, reason = _OUTCOMES.get(response.status_code, ("rejected", "other"))
-            found = (
-                metrics.DELIVERIES.labels(label, outcome, reason),
-                metrics.REQUEST_SECONDS.labels(label),
-            )
-            if known:
-                series[key] = found
-        found[0].inc()
-        found[1].observe(time.perf_counter() - started)
+        if provider not in _KNOWN_PROVIDERS:
+            provider = "unknown"  # one label for all: a sender cannot grow the series
+        TALLY.add(provider, response.status_code, time.perf_counter() - started)
         return response
 
     return counted
@@ -85,6 +136,7 @@ def _open_dead_letters(request: Request) -> int:
 
 
 async def serve_metrics(request: Request) -> Response:
+    TALLY.fold()
     gauges: dict[str, tuple[str, float]] = {}
     client = request.app.state.redis
     try:
