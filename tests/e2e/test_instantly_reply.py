@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -289,6 +290,24 @@ def test_bare_hex_signature_is_accepted(stack: str) -> None:
     headers = {"Content-Type": "application/json", "X-Instantly-Signature": hmac_hex(raw)}
     response = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=headers)
     assert response.status_code == 202
+
+
+def test_a_body_sent_in_many_chunks_is_read_whole(stack: str, superuser_engine: Engine) -> None:
+    raw = encode(reply("chunked@example.org", reply_text="chunked " * 2_000))
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(raw), 1000):
+            yield raw[start : start + 1000]
+
+    response = httpx.post(
+        f"{stack}/webhooks/instantly", content=chunks(), headers=signed_headers(raw)
+    )
+    assert response.status_code == 202, response.text
+    event_id = response.json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    query = "SELECT payload->>'reply_text' FROM webhook_events WHERE id = :id"
+    stored = scalar(superuser_engine, query, id=event_id)
+    assert stored == "chunked " * 2_000
 
 
 def test_upper_case_hex_signature_is_accepted(stack: str) -> None:
