@@ -22,9 +22,11 @@ class BodyDeadlines:
         self._reading: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self._loop = asyncio.get_running_loop()
+        self._ticker = self._loop.create_task(self._tick())
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -34,10 +36,13 @@ class BodyDeadlines:
 
     async def within(self, reading: Awaitable[T]) -> T:
         """What `reading` returns, or TimeoutError once it has run past the deadline."""
-        task = asyncio.current_task()
-        if task is None or self._ticker is None:  # no running timer: no deadline to keep
+        loop = self._loop
+        if loop is None:  # not started: no timer to keep a deadline
             return await reading
-        self._reading[task] = asyncio.get_running_loop().time() + self.seconds
+        task = asyncio.current_task(loop)
+        if task is None:
+            return await reading
+        self._reading[task] = loop.time() + self.seconds
         try:
             # While registered, the task can only be suspended inside this await, so the
             # timer's cancel always lands here and never in what the handler does next.
