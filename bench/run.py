@@ -366,7 +366,7 @@ def _table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (default 5)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--drain-events", type=int, default=10_000, help="events per drain run")
     parser.add_argument("--drain-rounds", type=int, default=2, help="interleaved drain rounds")
