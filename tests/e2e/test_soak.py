@@ -3,8 +3,10 @@ that does not grow. Loopback only; stops by itself after SOAK_SECONDS (default 1
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 DEFAULT_RATE = 100.0  # events/s when no bench result is at hand
 CONNECTIONS = 10
+WINDOWS = 6  # the p99 is compared between the halves, window by window
 PROCESSED = "SELECT count(*) FROM webhook_events WHERE status = 'processed'"
 
 
@@ -108,16 +111,19 @@ def test_soak_at_half_capacity_holds_errors_latency_and_memory(
     accepted = scalar(superuser_engine, "SELECT count(*) FROM webhook_events")
     rss_end = {"receiver": receiver.rss_mb(), "worker": worker.rss_mb()}
 
-    window = min(60.0, (ended - started) / 2)
+    edges = [started + (ended - started) * i / WINDOWS for i in range(WINDOWS + 1)]
+    p99s = [round(_p99_ms(superuser_engine, a, b), 1) for a, b in itertools.pairwise(edges)]
+    half = WINDOWS // 2
     figures = {
         "seconds": round(ended - started, 1),
         "rate_per_s": round(rate, 1),
         "deliveries": load["requests"],
         "errors": load["non_2xx"] + load["socket_errors"],
         "wrapped": load["wrapped"],
-        "p99_first_window_ms": round(_p99_ms(superuser_engine, started, started + window), 1),
-        "p99_last_window_ms": round(_p99_ms(superuser_engine, ended - window, ended), 1),
-        "window_s": round(window, 1),
+        "window_s": round((ended - started) / WINDOWS, 1),
+        "p99_per_window_ms": p99s,
+        "p99_first_half_median_ms": statistics.median(p99s[:half]),
+        "p99_second_half_median_ms": statistics.median(p99s[half:]),
         "rss_start_mb": rss_start,
         "rss_end_mb": rss_end,
     }
@@ -129,7 +135,10 @@ def test_soak_at_half_capacity_holds_errors_latency_and_memory(
     assert scalar(superuser_engine, PROCESSED) == accepted
     assert accepted - load["requests"] <= CONNECTIONS
     assert scalar(superuser_engine, "SELECT count(*) FROM dead_letters") == 0
-    # Stable: the last window's p99 within twice the first's, plus scheduling noise.
-    assert figures["p99_last_window_ms"] <= 2 * figures["p99_first_window_ms"] + 25
+    # Stable: the second half's p99 within twice the first's, plus scheduling noise. Each half
+    # is the median of its windows: drift raises every later window, while one stall of the
+    # machine (a second-long pause in commits, seen in CI) raises only the window it falls in.
+    first, second = figures["p99_first_half_median_ms"], figures["p99_second_half_median_ms"]
+    assert second <= 2 * first + 25, f"p99 drifted: per window {p99s}"
     for name in rss_start:
         assert rss_end[name] <= rss_start[name] * 1.2 + 10, f"{name} memory grew"
