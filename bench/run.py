@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,29 @@ RESULTS = ROOT / "bench" / "results.json"
 SECRET = "bench-instantly-secret"  # noqa: S105 - a throwaway secret of the scratch stack
 
 
+@dataclass(frozen=True)
+class _Bench:
+    """What every measurement works with: the options, the running receiver's address and
+    bodies, the scratch stack's environment, settings and Redis client, the log directory."""
+
+    args: argparse.Namespace
+    url: str
+    bodies: Path
+    env: dict[str, str]
+    settings: Settings
+    client: redis.Redis
+    log_dir: Path
+
+
+def _signature(body: bytes) -> str:
+    return hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
 def _write_bodies(path: Path, count: int) -> None:
     with path.open("w") as out:
         for index in range(count):
             body = json.dumps(sample_payload(index, "wrk"), separators=(",", ":"))
-            signature = hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
-            out.write(f"sha256={signature}\t{body}\n")
+            out.write(f"sha256={_signature(body.encode())}\t{body}\n")
 
 
 def _wrk(
@@ -107,9 +125,8 @@ def _close_engines() -> None:
     _ENGINES.clear()
 
 
-def measure_ingest(
-    args: argparse.Namespace, url: str, bodies: Path, settings: Settings, client: redis.Redis
-) -> dict[str, Any]:
+def measure_ingest(bench: _Bench) -> dict[str, Any]:
+    args, url, bodies, client = bench.args, bench.url, bench.bodies, bench.client
     routes = {"bare": "/bench/bare", "floor": "/bench/floor", "ingest": "/webhooks/instantly"}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
     for path in routes.values():  # warm-up: imports, pools, script cache
@@ -148,19 +165,12 @@ def _drain_rate(settings: Settings, count: int) -> float:
     return float((count - 1) / (last - first))
 
 
-def _drain_with_worker(
-    args: argparse.Namespace,
-    env: dict[str, str],
-    settings: Settings,
-    client: redis.Redis,
-    log_dir: Path,
-    concurrency: int,
-    tag: str,
-) -> tuple[float, list[float]]:
+def _drain_with_worker(bench: _Bench, concurrency: int, tag: str) -> tuple[float, list[float]]:
     """Events committed per second by a worker draining a full queue, and its peak memory."""
+    args, settings, client = bench.args, bench.settings, bench.client
     _reset(settings, client)
     _queue_events(settings, client, args.drain_events, tag)
-    worker = start_worker(env, concurrency, log_dir)
+    worker = start_worker(bench.env, concurrency, bench.log_dir)
     try:
         wait_until(
             lambda: _count(settings, "processed") == args.drain_events,
@@ -178,29 +188,22 @@ def _drain_with_worker(
     return _drain_rate(settings, args.drain_events), peaks
 
 
-def measure_drain(
-    args: argparse.Namespace,
-    env: dict[str, str],
-    settings: Settings,
-    client: redis.Redis,
-    log_dir: Path,
-) -> dict[str, Any]:
+def measure_drain(bench: _Bench) -> dict[str, Any]:
     """Interleaved rounds of the psycopg2 loop and workers at concurrency 1 and 2; the best of
     each, as for ingest, so a stall of the shared machine in one run does not decide."""
+    args, settings = bench.args, bench.settings
     dsn = settings.pg_url().replace("postgresql+psycopg2://", "postgresql://")
     runs: dict[str, list[float]] = {"reference": [], "concurrency_1": [], "concurrency_2": []}
     memory: dict[int, list[float]] = {}
     for round_index in range(args.drain_rounds):
-        _reset(settings, client)
+        _reset(settings, bench.client)
         envelopes = [
             envelope_for(sample_payload(i, f"ref{round_index}"), f"bench:ref{round_index}:{i}")
             for i in range(args.drain_events)
         ]
         runs["reference"].append(round(run_reference(dsn, envelopes), 1))
         for concurrency in (1, 2):
-            rate, peaks = _drain_with_worker(
-                args, env, settings, client, log_dir, concurrency, f"c{concurrency}r{round_index}"
-            )
+            rate, peaks = _drain_with_worker(bench, concurrency, f"c{concurrency}r{round_index}")
             runs[f"concurrency_{concurrency}"].append(round(rate, 1))
             memory[concurrency] = max(memory.get(concurrency, peaks), peaks)  # the larger run
     best = {name: max(rates) for name, rates in runs.items()}
@@ -217,28 +220,20 @@ def measure_drain(
     }
 
 
-def _end_to_end_round(
-    args: argparse.Namespace,
-    url: str,
-    bodies: Path,
-    env: dict[str, str],
-    settings: Settings,
-    client: redis.Redis,
-    log_dir: Path,
-    rate: float,
-) -> dict[str, Any]:
+def _end_to_end_round(bench: _Bench, rate: float) -> dict[str, Any]:
+    settings, client, url = bench.settings, bench.client, bench.url
     _reset(settings, client)
     connections = 10
-    worker = start_worker(env, 2, log_dir)
+    worker = start_worker(bench.env, 2, bench.log_dir)
     try:
         # One event through first, so the worker's start-up is not counted as latency.
         warm = json.dumps(sample_payload(0, "warm")).encode()
-        signature = hmac.new(SECRET.encode(), warm, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", "X-Instantly-Signature": signature}
+        headers = {"Content-Type": "application/json", "X-Instantly-Signature": _signature(warm)}
         httpx.post(f"{url}/webhooks/instantly", content=warm, headers=headers).raise_for_status()
         wait_until(lambda: _count(settings, "processed") == 1, 60, "the warm-up event")
         delay_ms = int(connections * 1000 / rate)
-        run = _wrk(url, "/webhooks/instantly", bodies, args.seconds * 2, connections, delay_ms)
+        seconds = bench.args.seconds * 2
+        run = _wrk(url, "/webhooks/instantly", bench.bodies, seconds, connections, delay_ms)
         sent = run["requests"]
         # wrk does not count requests still in flight when its time is up, but they were
         # accepted: done when no event is held any more (the in-flight record is empty).
@@ -259,23 +254,11 @@ def _end_to_end_round(
     }
 
 
-def measure_end_to_end(
-    args: argparse.Namespace,
-    url: str,
-    bodies: Path,
-    env: dict[str, str],
-    settings: Settings,
-    client: redis.Redis,
-    log_dir: Path,
-    capacity: float,
-) -> dict[str, Any]:
+def measure_end_to_end(bench: _Bench, capacity: float) -> dict[str, Any]:
     """POST to committed rows at half the measured drain capacity (a fixed rate from wrk), in
     rounds; the round with the median p99 is reported, all rounds are kept."""
     rate = capacity / 2
-    rounds = [
-        _end_to_end_round(args, url, bodies, env, settings, client, log_dir, rate)
-        for _ in range(args.e2e_rounds)
-    ]
+    rounds = [_end_to_end_round(bench, rate) for _ in range(bench.args.e2e_rounds)]
     median = sorted(rounds, key=lambda r: r["p99_ms"])[len(rounds) // 2]
     return {"target_rate": round(rate, 1), **median, "all_p99_ms": [r["p99_ms"] for r in rounds]}
 
@@ -411,13 +394,13 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
         print("bench: 1-3 bare / floor / ingest ...", file=sys.stderr)
-        results["ingest"] = measure_ingest(args, url, bodies, settings, client)
+        bench = _Bench(args, url, bodies, env, settings, client, log_dir)
+        results["ingest"] = measure_ingest(bench)
         print("bench: 4 drain ...", file=sys.stderr)
-        results["drain"] = measure_drain(args, env, settings, client, log_dir)
+        results["drain"] = measure_drain(bench)
         print("bench: 5 end to end ...", file=sys.stderr)
-        results["end_to_end"] = measure_end_to_end(
-            args, url, bodies, env, settings, client, log_dir, results["drain"]["concurrency_2_eps"]
-        )
+        capacity = results["drain"]["concurrency_2_eps"]
+        results["end_to_end"] = measure_end_to_end(bench, capacity)
         results["memory"] = {
             "receiver_peak_rss_mb": receiver.peak_rss_mb()[0],
             "worker_c1_mb": results["drain"].pop("memory_worker_c1_mb"),
