@@ -3,10 +3,12 @@ can hold the receiver."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -120,8 +122,28 @@ def _slow_post(url: str, raw: bytes, responses: list[bytes], stop: threading.Eve
             except OSError:
                 break
             if answer:
-                responses.append(answer)
+                responses.append(_rest_of_response(sock, answer))
                 break
+
+
+def _rest_of_response(sock: socket.socket, received: bytes) -> bytes:
+    """The whole response, of which `received` is the start: uvicorn writes the head and the
+    body separately, so one recv() may return only the head."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        head, separator, body = received.partition(b"\r\n\r\n")
+        if separator:
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if length is None or len(body) >= int(length.group(1)):
+                return received
+        try:
+            more = sock.recv(65536)  # waits at most the socket's timeout
+        except TimeoutError:
+            continue
+        if not more:
+            break
+        received += more
+    return received
 
 
 def test_slow_client_is_cut_off_and_does_not_stall_other_requests(
