@@ -135,7 +135,10 @@ def measure_ingest(bench: _Bench) -> dict[str, Any]:
     for _ in range(args.rounds):  # interleaved, so drift hits all three alike
         for name, path in routes.items():
             result = _wrk(url, path, bodies, args.seconds, args.connections)
-            if result["non_2xx"] or result["wrapped"] or result["socket_errors"]:
+            # Only a repeated body for floor or ingest would be a repeated event (a 409 instead
+            # of work); bare reads bodies it never looks at, and may outrun the file.
+            wrapped = result["wrapped"] and name != "bare"
+            if result["non_2xx"] or wrapped or result["socket_errors"]:
                 raise RuntimeError(f"bench: {name} run was not clean: {result}")
             runs[name].append(result)
             client.flushdb()
@@ -376,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap(settings, echo=lambda _: None)
     try:
         migrate(settings)
-        _write_bodies(Path(f"{bodies}.1"), int(args.seconds * 20_000))
+        # Enough distinct bodies for floor and ingest at 30,000 req/s (seen here: ~11,000).
+        _write_bodies(Path(f"{bodies}.1"), int(args.seconds * 30_000))
         receiver = start_receiver(env, args.port, log_dir)
         results: dict[str, Any] = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
