@@ -17,6 +17,7 @@ from common.queue import (
     idempotency_redis_key,
 )
 from ingest.headers import HeaderLookup
+from ingest.pipelined import PipelinedScript
 
 MAX_KEY_LENGTH = 255
 # json.dumps(fields, separators=(",", ":")), byte for byte (keys already issued depend on it),
@@ -88,10 +89,11 @@ def _fingerprint_json(fields: list[str]) -> bytes:
 
 
 class Claimer:
-    """Claims idempotency keys and queues events, atomically, in one EVALSHA."""
+    """Claims idempotency keys and queues events, atomically, one EVALSHA per event; the
+    EVALSHAs of concurrent deliveries share a pipeline (ingest.pipelined)."""
 
     def __init__(self, client: aioredis.Redis, ttl_seconds: int, inflight_grace: int) -> None:
-        self._script = client.register_script(claim_and_enqueue_lua(ttl_seconds, inflight_grace))
+        self._script = PipelinedScript(client, claim_and_enqueue_lua(ttl_seconds, inflight_grace))
         self._builder = TaskMessageBuilder()
 
     async def claim_and_enqueue(self, envelope: Envelope) -> str | None:
