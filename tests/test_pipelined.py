@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 from ingest.pipelined import PipelinedScript
 from tests.redis_server import RedisServer, free_port
 
+pytestmark = pytest.mark.reliability
 T = TypeVar("T")
 
 # Counts its runs, and fails on request: ARGV[1] == 'fail'.
