@@ -38,10 +38,20 @@ function request()
 end
 
 -- Defined only for a fixed rate: wrk schedules through a timer whenever delay() exists.
+-- Its timer takes whole milliseconds; a fractional delay (14.3) is kept on average by
+-- carrying the fraction over: 14, 14, 15, 14, ...
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
 if delay_ms > 0 then
+  local whole = math.floor(delay_ms)
+  local fraction = delay_ms - whole
+  local owed = 0
   function delay()
-    return delay_ms
+    owed = owed + fraction
+    if owed >= 1 then
+      owed = owed - 1
+      return whole + 1
+    end
+    return whole
   end
 end
 
