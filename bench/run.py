@@ -138,7 +138,7 @@ def measure_ingest(bench: _Bench) -> dict[str, Any]:
     for path in routes.values():  # warm-up: imports, pools, script cache
         _wrk(url, path, bodies, 1, args.connections)
         client.flushdb()
-    for _ in range(args.rounds):  # interleaved, so drift hits all three alike
+    for _ in range(args.rounds):  # interleaved, so drift hits all four alike
         for name, path in routes.items():
             result = _wrk(url, path, bodies, args.seconds, args.connections)
             # Only a repeated body for floor or ingest would be a repeated event (a 409 instead
@@ -432,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                 "drain_events": args.drain_events,
                 "drain_rounds": args.drain_rounds,
                 "end_to_end_rounds": args.e2e_rounds,
+                "end_to_end_wrk": f"1 thread, {_E2E_CONNECTIONS} connections at a fixed rate "
+                f"(a delay after each response, set by two {args.seconds}s calibration rounds), "
+                f"{args.seconds * 2}s rounds",
                 "worker": "celery prefork, acks_late, prefetch 1, "
                 f"batches of up to {settings.worker_batch_size} events",
             },
