@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -80,9 +81,17 @@ def _has_nul(value: object) -> bool:
     return False
 
 
+def _may_have_run(exc: RedisError) -> bool:
+    """A timeout, or a connection lost once the script was sent: Redis may have run it and
+    only the reply is missing. (No free connection in the pool: nothing was sent.)"""
+    if isinstance(exc, MaxConnectionsError):
+        return False
+    return isinstance(exc, RedisTimeoutError | RedisConnectionError)
+
+
 async def _queued_anyway(request: Request, envelope: Envelope) -> bool:
-    """After a timeout the script may have run with only its reply lost: then the event is
-    queued, and answering 503 would leave a claimed key behind a refusal."""
+    """When the script may have run with only its reply lost, the event may be queued, and
+    answering 503 would leave a claimed key behind a refusal (the retry would get 409)."""
     key = idempotency_redis_key(envelope.provider, envelope.idempotency_key)
     try:
         claimed = await request.app.state.redis.get(key)
@@ -173,7 +182,7 @@ async def receive_webhook(request: Request) -> Response:
     except orjson.JSONEncodeError:  # the queue message is built before Redis is touched
         return error(400, "Body is nested too deeply")
     except RedisError as exc:
-        if isinstance(exc, RedisTimeoutError) and await _queued_anyway(request, envelope):
+        if _may_have_run(exc) and await _queued_anyway(request, envelope):
             return queued(envelope.event_id)
         logger.error(
             "queue unavailable, %s delivery refused: %s", provider.name, type(exc).__name__

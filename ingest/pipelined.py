@@ -59,6 +59,11 @@ class PipelinedScript:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, calls: list[_Call]) -> None:
+        # A caller cancelled before its call left (a request given up on) is not sent: as with
+        # a lone call, nothing runs for a request that will get no answer.
+        calls = [call for call in calls if not call.future.done()]
+        if not calls:
+            return
         try:
             replies = await self._replies(calls)
         except asyncio.CancelledError:  # the loop is closing: no caller may wait for ever
@@ -81,8 +86,11 @@ class PipelinedScript:
         # so loading it and sending them again runs each exactly once.
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            await self._client.script_load(self._source)
-            again = await self._pipeline([calls[i] for i in missing])
+            try:
+                await self._client.script_load(self._source)
+                again: list[Any] = await self._pipeline([calls[i] for i in missing])
+            except Exception as exc:  # the calls that did run keep their own replies
+                again = [exc] * len(missing)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies

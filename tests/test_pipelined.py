@@ -98,19 +98,67 @@ def test_an_error_reply_fails_only_its_own_call(url: str) -> None:
     assert [ok[1], ok_too[1]] == [b"ok", b"ok"]
 
 
-def test_a_caller_cancelled_while_waiting_leaves_the_others_their_replies(url: str) -> None:
+def test_a_caller_cancelled_before_its_call_left_is_not_sent(url: str) -> None:
+    observer = redis.Redis.from_url(url)
+
     async def body(_: aioredis.Redis, script: PipelinedScript) -> tuple[list[Any], bool]:
         doomed = asyncio.ensure_future(script(["runs"], ["doomed"]))
         others = [asyncio.ensure_future(script(["runs"], [f"kept-{i}"])) for i in range(3)]
-        await asyncio.sleep(0)  # every call is queued, none is answered yet
+        await asyncio.sleep(0)  # every call is queued, the batch has not left yet
         doomed.cancel()
         replies = await asyncio.gather(*others)
         return replies, doomed.cancelled()
 
     replies, cancelled = _run(url, body)
+    runs = int(observer.get("runs") or 0)
+    observer.close()
 
     assert cancelled
     assert [tag for _, tag in replies] == [b"kept-0", b"kept-1", b"kept-2"]
+    assert runs == 3  # the request given up on claimed nothing
+
+
+def test_a_failed_reload_keeps_the_replies_of_the_calls_that_did_run(
+    url: str, redis_server: RedisServer
+) -> None:
+    # A SCRIPT FLUSH from another client lands between two calls of one batch: the first ran,
+    # the second finds no script; reloading it then fails (this user may not SCRIPT LOAD).
+    admin = redis.Redis.from_url(url)
+    admin.acl_setuser(
+        "no-script-load", enabled=True, passwords=["+pw"], keys=["*"],
+        commands=["+@all", "-script|load"],
+    )  # fmt: skip
+    admin.script_load(COUNTING)
+    limited = url.replace("redis://", "redis://no-script-load:pw@")
+
+    class FlushedMidway(PipelinedScript):
+        async def _pipeline(self, calls: list[Any]) -> list[Any]:
+            if len(calls) < 2:
+                return await super()._pipeline(calls)
+            first = await super()._pipeline(calls[:1])
+            admin.script_flush()
+            return [*first, *await super()._pipeline(calls[1:])]
+
+    async def main() -> list[Any]:
+        client = aioredis.Redis.from_url(limited, socket_timeout=2)
+        try:
+            script = FlushedMidway(client, COUNTING)
+            calls = [script(["runs"], ["ran"]), script(["runs"], ["flushed"])]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    try:
+        ran, flushed = asyncio.run(main())
+        runs = int(admin.get("runs") or 0)
+    finally:
+        admin.acl_deluser("no-script-load")
+        admin.close()
+
+    assert ran == [1, b"ran"]
+    assert isinstance(flushed, ResponseError)
+    assert "NOPERM" in str(flushed) or "permission" in str(flushed).lower(), flushed
+    assert runs == 1
 
 
 def test_an_unreachable_redis_fails_every_call_with_a_connection_error() -> None:

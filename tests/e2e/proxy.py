@@ -1,5 +1,7 @@
 """A loopback TCP forwarder a test can open and close, to make PostgreSQL unreachable for a
-worker without touching the server every other test shares."""
+worker without touching the server every other test shares; or, given `cut_reply_to`, to
+lose one reply: the first answer to a request holding those bytes is dropped and the
+connection closed, after the server has done the work."""
 
 from __future__ import annotations
 
@@ -9,9 +11,13 @@ import threading
 
 
 class TcpProxy:
-    def __init__(self, port: int, target: tuple[str, int]) -> None:
+    def __init__(
+        self, port: int, target: tuple[str, int], cut_reply_to: bytes | None = None
+    ) -> None:
         self.port = port
         self._target = target
+        self._cut_reply_to = cut_reply_to
+        self.replies_cut = 0
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -52,12 +58,18 @@ class TcpProxy:
         selector = selectors.DefaultSelector()
         selector.register(client, selectors.EVENT_READ, upstream)
         selector.register(upstream, selectors.EVENT_READ, client)
+        asked = False  # the client's last request held `cut_reply_to`
         try:
             while not self._stop.is_set():
                 for key, _ in selector.select(timeout=0.2):
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
                         return
+                    if key.fileobj is client and self._cut_reply_to is not None:
+                        asked = self._cut_reply_to in data
+                    elif asked and self.replies_cut == 0 and not data.startswith(b"-NOSCRIPT"):
+                        self.replies_cut += 1
+                        return  # the reply goes nowhere; both sockets close below
                     key.data.sendall(data)
         except OSError:
             return

@@ -21,9 +21,10 @@ from common import inflight
 from common.envelope import QUEUE_NAME
 from common.queue import TaskMessageBuilder
 from tests.e2e.conftest import IsolatedStack, Process, reply_envelope, scalar
+from tests.e2e.proxy import TcpProxy
 from tests.helpers import wait_for
 from tests.payloads import encode, reply, signed_headers
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
@@ -258,6 +259,28 @@ def test_redis_down_gives_503_never_2xx_and_service_resumes_without_restart(
     )
     # The delivery refused while Redis was down is accepted now: nothing of it was left behind.
     assert send_all(url, bodies[1:3])[0].status_code == 202
+
+
+def test_a_reply_lost_after_the_claim_ran_is_a_202_and_the_event_is_queued_once(
+    isolated: IsolatedStack, redis_server: RedisServer
+) -> None:
+    # The connection to Redis drops after the script ran, before its reply came back: the
+    # event is queued, so the sender must hear 202, not 503 (whose retry would then get 409).
+    proxy = TcpProxy(free_port(), ("127.0.0.1", redis_server.port), cut_reply_to=b"EVALSHA")
+    proxy.open()
+    try:
+        _, url = isolated.receiver(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/1")
+        raw = encode(reply("lost.reply@example.org"))
+        first = httpx.post(f"{url}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+        retry = httpx.post(f"{url}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+    finally:
+        proxy.close()
+
+    assert proxy.replies_cut == 1
+    assert first.status_code == 202, first.text
+    assert retry.status_code == 409
+    assert retry.json()["event_id"] == first.json()["event_id"]
+    assert isolated.client.llen(QUEUE_NAME) == 1
 
 
 def test_redis_crash_with_append_only_persistence_keeps_accepted_events(
