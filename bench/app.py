@@ -5,7 +5,8 @@ with the same settings, so the four figures differ only in the work each route d
 - /bench/floor: verify the HMAC, claim a key and LPUSH the raw body in one EVALSHA — the
   least work our job can do, one Redis round trip per request.
 - /bench/floor-pipelined: the same, its EVALSHAs pipelined across concurrent requests as the
-  receiver's are (ingest.pipelined): the like-for-like reference for the receiver's own work.
+  receiver's are (common.queue.pipelined): the like-for-like reference for the receiver's own work.
+- /bench/naive: the peer, what a Python team would write instead (bench.naive).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bench.naive import naive_receiver
+from common.queue.pipelined import PipelinedScript
 from ingest.app import create_app
-from ingest.pipelined import PipelinedScript
 
 FLOOR_LUA = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 600) then
@@ -74,4 +76,5 @@ def create_bench_app() -> Starlette:
     app.router.routes.insert(0, Route("/bench/floor", floor, methods=["POST"]))
     app.router.routes.insert(2, Route("/bench/floor-pipelined", floor_pipelined, methods=["POST"]))
     app.router.routes.insert(3, Route("/bench/bare", bare, methods=["POST"]))
+    app.router.routes.insert(4, Route("/bench/naive", naive_receiver, methods=["POST"]))
     return app

@@ -61,7 +61,7 @@ UPDATE webhook_events SET status = 'processed', result = %s, error = NULL,
 WHERE id = %s"""
 
 
-def _apply(cursor: Any, envelope: Envelope) -> None:
+def apply_reference(cursor: Any, envelope: Envelope) -> None:
     payload = envelope.payload
     cursor.execute(
         _CLAIM,
@@ -99,7 +99,7 @@ def run_reference(dsn: str, envelopes: list[Envelope]) -> float:
         started = time.perf_counter()
         for envelope in envelopes:
             with connection, connection.cursor() as cursor:  # one transaction per event
-                _apply(cursor, envelope)
+                apply_reference(cursor, envelope)
         elapsed = time.perf_counter() - started
     finally:
         connection.close()

@@ -1,8 +1,9 @@
 """`make bench`: six measurements in one run, each against a reference from the same run.
 
 1 bare   2 floor (and the floor with its Redis calls pipelined, as ingest's are)   3 ingest (wrk,
-distinct signed bodies)   4 drain (workers at concurrency 1 and 2 against a plain psycopg2 loop)
-5 end to end at half the drain capacity   6 peak memory.
+distinct signed bodies), beside the naive peer (bench.naive)   4 drain (workers at concurrency 1
+and 2 against a plain psycopg2 loop and the naive peer's stock Celery task)   5 end to end at
+half the drain capacity   6 peak memory.
 Writes bench/results.json and prints a table.
 """
 
@@ -26,8 +27,10 @@ from typing import Any
 
 import httpx
 import redis
+from celery import Celery
 from sqlalchemy import Engine, create_engine, pool, text
 
+from bench.naive import NAIVE_QUEUE, NAIVE_TASK
 from bench.reference import run_reference
 from bench.stack import (
     ROOT,
@@ -35,12 +38,12 @@ from bench.stack import (
     bench_env,
     envelope_for,
     sample_payload,
+    start_naive_worker,
     start_receiver,
     start_worker,
     wait_until,
 )
-from common.inflight import MESSAGES_KEY
-from common.queue import TaskMessageBuilder, enqueue
+from common import queue
 from common.settings import Settings, load_settings
 from db.cli import bootstrap, migrate, superuser_url
 
@@ -133,6 +136,7 @@ def measure_ingest(bench: _Bench) -> dict[str, Any]:
         "floor": "/bench/floor",
         "floor_pipelined": "/bench/floor-pipelined",
         "ingest": "/webhooks/instantly",
+        "naive": "/bench/naive",
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
     for path in routes.values():  # warm-up: imports, pools, script cache
@@ -157,15 +161,19 @@ def measure_ingest(bench: _Bench) -> dict[str, Any]:
             best["ingest"]["rps"] / best["floor_pipelined"]["rps"], 3
         ),
         "ingest_over_bare": round(best["ingest"]["rps"] / best["bare"]["rps"], 3),
+        "ingest_over_naive": round(best["ingest"]["rps"] / best["naive"]["rps"], 3),
     }
+
+
+def _ingest_ratios(ingest: dict[str, Any]) -> dict[str, float]:
+    return {key: value for key, value in ingest.items() if key.startswith("ingest_over")}
 
 
 def _queue_events(settings: Settings, client: redis.Redis, count: int, tag: str) -> None:
     """Queued as a replay queues them: the message and its in-flight record."""
-    builder = TaskMessageBuilder()
     for index in range(count):
         envelope = envelope_for(sample_payload(index, tag), f"bench:{tag}:{index}")
-        enqueue(client, builder, envelope, settings.broker_visibility_timeout)
+        queue.enqueue(client, envelope, grace_seconds=settings.broker_visibility_timeout)
 
 
 def _drain_rate(settings: Settings, count: int) -> float:
@@ -177,12 +185,29 @@ def _drain_rate(settings: Settings, count: int) -> float:
     return float((count - 1) / (last - first))
 
 
-def _drain_with_worker(bench: _Bench, concurrency: int, tag: str) -> tuple[float, list[float]]:
+def _queue_naive_events(settings: Settings, count: int, tag: str) -> None:
+    """Queued as the peer's receiver queues them: Celery's send_task, one message per event."""
+    sender = Celery("bench-naive-sender", broker=settings.redis_url, set_as_current=False)
+    with sender.producer_or_acquire() as producer:
+        for index in range(count):
+            envelope = envelope_for(sample_payload(index, tag), f"bench:{tag}:{index}")
+            sender.send_task(
+                NAIVE_TASK, args=[envelope.to_dict()], queue=NAIVE_QUEUE, producer=producer
+            )
+
+
+def _drain_with_worker(
+    bench: _Bench, concurrency: int, tag: str, naive: bool = False
+) -> tuple[float, list[float]]:
     """Events committed per second by a worker draining a full queue, and its peak memory."""
     args, settings, client = bench.args, bench.settings, bench.client
     _reset(settings, client)
-    _queue_events(settings, client, args.drain_events, tag)
-    worker = start_worker(bench.env, concurrency, bench.log_dir)
+    if naive:
+        _queue_naive_events(settings, args.drain_events, tag)
+        worker = start_naive_worker(bench.env, concurrency, bench.log_dir)
+    else:
+        _queue_events(settings, client, args.drain_events, tag)
+        worker = start_worker(bench.env, concurrency, bench.log_dir)
     try:
         wait_until(
             lambda: _count(settings, "processed") == args.drain_events,
@@ -205,7 +230,12 @@ def measure_drain(bench: _Bench) -> dict[str, Any]:
     each, as for ingest, so a stall of the shared machine in one run does not decide."""
     args, settings = bench.args, bench.settings
     dsn = settings.pg_url().replace("postgresql+psycopg2://", "postgresql://")
-    runs: dict[str, list[float]] = {"reference": [], "concurrency_1": [], "concurrency_2": []}
+    runs: dict[str, list[float]] = {
+        "reference": [],
+        "concurrency_1": [],
+        "concurrency_2": [],
+        "naive_concurrency_2": [],
+    }
     memory: dict[int, list[float]] = {}
     for round_index in range(args.drain_rounds):
         _reset(settings, bench.client)
@@ -218,15 +248,20 @@ def measure_drain(bench: _Bench) -> dict[str, Any]:
             rate, peaks = _drain_with_worker(bench, concurrency, f"c{concurrency}r{round_index}")
             runs[f"concurrency_{concurrency}"].append(round(rate, 1))
             memory[concurrency] = max(memory.get(concurrency, peaks), peaks)  # the larger run
+        rate, _ = _drain_with_worker(bench, 2, f"naive{round_index}", naive=True)
+        runs["naive_concurrency_2"].append(round(rate, 1))
     best = {name: max(rates) for name, rates in runs.items()}
     return {
         "events": args.drain_events,
         "reference_eps": best["reference"],
         "concurrency_1_eps": best["concurrency_1"],
         "concurrency_2_eps": best["concurrency_2"],
+        "naive_concurrency_2_eps": best["naive_concurrency_2"],
         "all_eps": runs,
         "c1_over_reference": round(best["concurrency_1"] / best["reference"], 3),
         "c2_over_reference": round(best["concurrency_2"] / best["reference"], 3),
+        "c2_over_naive": round(best["concurrency_2"] / best["naive_concurrency_2"], 3),
+        "naive_over_reference": round(best["naive_concurrency_2"] / best["reference"], 3),
         "memory_worker_c1_mb": memory[1],
         "memory_worker_c2_mb": memory[2],
     }
@@ -251,7 +286,7 @@ def _end_to_end_round(bench: _Bench, delay_ms: float, seconds: float) -> dict[st
         # wrk does not count requests still in flight when its time is up, but they were
         # accepted: done when no event is held any more (the in-flight record is empty).
         wait_until(
-            lambda: _count(settings, "processed") > sent and client.hlen(MESSAGES_KEY) == 0,
+            lambda: _count(settings, "processed") > sent and queue.in_flight(client).count == 0,
             120,
             "end-to-end events",
         )
@@ -358,6 +393,11 @@ def _table(results: dict[str, Any]) -> str:
             f"ingest/bare {ingest['ingest_over_bare']}",
         ),
         (
+            "3 naive",
+            f"{ingest['naive']['rps']:,.0f} req/s",
+            f"SET NX + send_task per delivery; ingest/naive {ingest['ingest_over_naive']}",
+        ),
+        (
             "4 drain ref",
             f"{drain['reference_eps']:,.0f} ev/s",
             "psycopg2 loop, one transaction per event",
@@ -370,7 +410,12 @@ def _table(results: dict[str, Any]) -> str:
         (
             "4 drain c=2",
             f"{drain['concurrency_2_eps']:,.0f} ev/s",
-            f"{drain['c2_over_reference']} x reference",
+            f"{drain['c2_over_reference']} x reference, {drain['c2_over_naive']} x naive",
+        ),
+        (
+            "4 drain naive",
+            f"{drain['naive_concurrency_2_eps']:,.0f} ev/s",
+            f"stock Celery task, one event each, c=2: {drain['naive_over_reference']} x reference",
         ),
         (
             "5 end to end",
@@ -398,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-rounds", type=int, default=3, help="end-to-end rounds (median)")
     parser.add_argument("--redis-db", type=int, default=15, help="scratch Redis DB (flushed)")
     parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="parts 1-3 only, printed as JSON; bench/results.json is left as it is",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print(
@@ -442,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: 1-3 bare / floor / floor pipelined / ingest ...", file=sys.stderr)
         bench = _Bench(args, url, bodies, env, settings, client, log_dir)
         results["ingest"] = measure_ingest(bench)
+        if args.ingest_only:
+            print(json.dumps(results["ingest"]["all_rps"] | _ingest_ratios(results["ingest"])))
+            return 0
         print("bench: 4 drain ...", file=sys.stderr)
         results["drain"] = measure_drain(bench)
         print("bench: 5 end to end ...", file=sys.stderr)
@@ -455,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         results["ingest_over_floor"] = results["ingest"]["ingest_over_floor"]
         results["ingest_over_floor_pipelined"] = results["ingest"]["ingest_over_floor_pipelined"]
         results["drain_over_reference"] = results["drain"]["c2_over_reference"]
+        results["ingest_over_naive"] = results["ingest"]["ingest_over_naive"]
+        results["drain_over_naive"] = results["drain"]["c2_over_naive"]
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(_table(results))
         print(f"\nwritten to {RESULTS.relative_to(ROOT)}")

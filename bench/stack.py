@@ -17,7 +17,10 @@ from typing import Any
 
 import httpx
 
-from common.envelope import QUEUE_NAME, Envelope
+from bench.naive import NAIVE_QUEUE
+from cli.run import receiver_command, worker_command
+from common.envelope import Envelope
+from common.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "instantly" / "reply_received.json"
@@ -70,10 +73,9 @@ class Child:
 
 
 def start_receiver(env: dict[str, str], port: int, log_dir: Path) -> Child:
-    command = [
-        sys.executable, "-m", "uvicorn", "bench.app:create_bench_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
+    command = receiver_command(
+        load_settings(env), "127.0.0.1", port=port, app="bench.app:create_bench_app"
+    )
     child = Child("receiver", command, env, log_dir)
 
     def healthy() -> bool:
@@ -89,12 +91,23 @@ def start_receiver(env: dict[str, str], port: int, log_dir: Path) -> Child:
 
 
 def start_worker(env: dict[str, str], concurrency: int, log_dir: Path) -> Child:
+    command = worker_command(
+        load_settings(env),
+        concurrency=concurrency,
+        name=f"bench{concurrency}@%h",
+        extra=["--without-heartbeat"],
+    )
+    return Child(f"worker-c{concurrency}", command, env, log_dir)
+
+
+def start_naive_worker(env: dict[str, str], concurrency: int, log_dir: Path) -> Child:
+    """The peer's worker (bench.naive): a stock Celery worker, default settings."""
     command = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", QUEUE_NAME,
-        "--concurrency", str(concurrency), "--loglevel", "WARNING", "-n", f"bench{concurrency}@%h",
+        sys.executable, "-m", "celery", "-A", "bench.naive", "worker", "-Q", NAIVE_QUEUE,
+        "--concurrency", str(concurrency), "--loglevel", "WARNING", "-n", f"naive{concurrency}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
-    return Child(f"worker-c{concurrency}", command, env, log_dir)
+    return Child(f"naive-c{concurrency}", command, env, log_dir)
 
 
 def sample_payload(index: int, tag: str) -> dict[str, Any]:

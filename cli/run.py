@@ -12,12 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from types import FrameType
 from urllib.parse import urlsplit
 
 import redis
 
-from common.envelope import QUEUE_NAME
+from common.queue import QUEUE_NAME
 from common.settings import Settings, SettingsError, load_settings
 from db import cli as db_cli
 
@@ -31,20 +32,38 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def receiver_command(settings: Settings, host: str) -> list[str]:
+def receiver_command(
+    settings: Settings,
+    host: str,
+    *,
+    port: int | None = None,
+    app: str = "ingest.app:create_app",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """How the receiver is started: here, by the tests and by the benchmark alike."""
     return [
-        sys.executable, "-m", "uvicorn", "ingest.app:create_app", "--factory",
-        "--host", host, "--port", str(settings.ingest_port),
-        "--log-level", settings.log_level, "--no-access-log",
+        sys.executable, "-m", "uvicorn", app, "--factory",
+        "--host", host, "--port", str(port or settings.ingest_port),
+        "--log-level", settings.log_level, "--no-access-log", *extra,
     ]  # fmt: skip
 
 
-def worker_command(settings: Settings) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "-Q", QUEUE_NAME, "--concurrency", str(settings.worker_concurrency),
+def worker_command(
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    name: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """How a worker is started: here, by the tests and by the benchmark alike."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", QUEUE_NAME,
+        "--concurrency", str(concurrency or settings.worker_concurrency),
         "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
     ]  # fmt: skip
+    if name is not None:
+        command += ["-n", name]
+    return [*command, *extra]
 
 
 def check_redis(settings: Settings) -> str | None:

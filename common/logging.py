@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
-from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -50,9 +49,3 @@ def configure_logging(level: str) -> None:
         foreign = logging.getLogger(name)
         foreign.handlers[:] = []
         foreign.propagate = True
-
-
-def event_fields(envelope: Any) -> dict[str, str]:
-    """The identifying fields of a queued envelope, whatever shape it arrived in."""
-    data = envelope if isinstance(envelope, dict) else {}
-    return {key: str(data.get(key, "")) for key in ("event_id", "provider", "event_type")}

@@ -22,6 +22,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from common import providers
+from common.envelope import describe
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 DELIVERIES = Counter(
@@ -64,36 +67,11 @@ BATCH_EVENTS = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100),
 )
 
-# Label values come from senders' payloads: only documented types get a series of their own,
-# so a sender cannot grow the number of series without bound.
-KNOWN_EVENT_TYPES = {
-    "instantly": frozenset(
-        {
-            "reply_received", "auto_reply_received", "email_sent", "email_opened",
-            "email_bounced", "link_clicked", "email_link_clicked", "lead_interested",
-            "lead_not_interested", "lead_neutral", "lead_meeting_booked",
-            "lead_meeting_completed", "lead_closed", "lead_out_of_office", "lead_wrong_person",
-            "lead_unsubscribed", "campaign_completed", "account_error",
-        }
-    ),
-    "calcom": frozenset(
-        {
-            "BOOKING_CREATED", "BOOKING_RESCHEDULED", "BOOKING_CANCELLED", "BOOKING_REQUESTED",
-            "BOOKING_REJECTED", "BOOKING_PAID", "MEETING_STARTED", "MEETING_ENDED",
-        }
-    ),
-}  # fmt: skip
-
 
 def metric_labels(envelope: object) -> tuple[str, str]:
-    """(provider, event_type) label values for an envelope, unknown values folded."""
-    data = envelope if isinstance(envelope, Mapping) else {}
-    provider = str(data.get("provider", ""))
-    known = KNOWN_EVENT_TYPES.get(provider)
-    if known is None:
-        return "unknown", "other"
-    event_type = str(data.get("event_type", ""))
-    return provider, event_type if event_type in known else "other"
+    """(provider, event_type) label values for a queued envelope, unknown values folded."""
+    fields = describe(envelope)
+    return providers.metric_labels(fields["provider"], fields["event_type"])
 
 
 class _Snapshot(Collector):

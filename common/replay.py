@@ -14,8 +14,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from common import queue
 from common.envelope import Envelope, EnvelopeError
-from common.queue import TaskMessageBuilder, enqueue
 from db import dead_letters
 from db.tables import DEAD_LETTER_STATUSES
 
@@ -34,7 +34,6 @@ class Replayer:
         self._engine = engine
         self._client = client
         self._grace = inflight_grace
-        self._builder = TaskMessageBuilder()
 
     def close(self) -> None:
         self._client.close()
@@ -47,7 +46,7 @@ class Replayer:
                     return Outcome(dead_letter_id, "skipped", "no such dead letter, or discarded")
                 envelope = Envelope.from_dict(stored)
                 # Queued before the mark commits: a failed push rolls the mark back.
-                enqueue(self._client, self._builder, envelope, self._grace)
+                queue.enqueue(self._client, envelope, grace_seconds=self._grace)
         except EnvelopeError as exc:
             detail = f"stored envelope cannot be queued: {exc}"
             return Outcome(dead_letter_id, "failed", detail, retryable=False)

@@ -110,6 +110,12 @@ class Settings:
     def is_production(self) -> bool:
         return self.app_env == "production"
 
+    def webhook_secrets(self, provider: str) -> tuple[Secret, ...]:
+        """The secrets a provider's deliveries may be signed with (several during a rotation)."""
+        return {"instantly": self.hmac_secrets_instantly, "calcom": self.hmac_secrets_calcom}[
+            provider
+        ]
+
     def pg_url(self, *, admin: bool = False, database: str | None = None) -> str:
         user = self.pg_admin_user if admin else self.pg_user
         password = (self.pg_admin_password if admin else self.pg_password).get()

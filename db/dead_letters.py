@@ -10,7 +10,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from db.tables import dead_letters, webhook_events
+from db.tables import FINAL_EVENT_STATUSES, dead_letters, webhook_events
 
 _SUMMARY = (
     dead_letters.c.id,
@@ -114,7 +114,7 @@ def mark_event_dead(
                 "error": stmt.excluded.error,
                 "updated_at": func.now(),
             },
-            where=webhook_events.c.status.not_in(("processed", "ignored")),
+            where=webhook_events.c.status.not_in(FINAL_EVENT_STATUSES),
         )
     )
 

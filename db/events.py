@@ -10,9 +10,7 @@ from uuid import UUID
 from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from db.tables import webhook_events
-
-FINAL_STATUSES = ("processed", "ignored")
+from db.tables import FINAL_EVENT_STATUSES, webhook_events
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ def claim_event(
         return Claim(event_id=UUID(str(inserted)), done=False, result=None)
     # A redelivery or a replay. The row lock serialises it against any concurrent copy.
     row = conn.execute(_LOCK_EVENT, params).one()
-    if row.status in FINAL_STATUSES:
+    if row.status in FINAL_EVENT_STATUSES:
         return Claim(event_id=UUID(str(row.id)), done=True, result=row.result)
     conn.execute(
         update(webhook_events)

@@ -158,6 +158,13 @@ activities = Table(
 )
 
 EVENT_STATUSES = ("queued", "processed", "ignored", "dead")
+# An event in one of these has had its effects (or none were due): a later copy changes nothing.
+FINAL_EVENT_STATUSES = ("processed", "ignored")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
 
 webhook_events = Table(
     "webhook_events",
@@ -177,9 +184,7 @@ webhook_events = Table(
     Column("processed_at", DateTime(timezone=True)),
     *_timestamps(),
     UniqueConstraint("provider", "idempotency_key", name="uniq_webhook_events_key"),
-    CheckConstraint(
-        "status IN ('queued', 'processed', 'ignored', 'dead')", name="ck_webhook_events_status"
-    ),
+    CheckConstraint(_one_of("status", EVENT_STATUSES), name="ck_webhook_events_status"),
 )
 
 DEAD_LETTER_STATUSES = ("open", "replayed", "discarded")
@@ -204,6 +209,6 @@ dead_letters = Table(
     Column("replayed_at", DateTime(timezone=True)),
     *_timestamps(),
     UniqueConstraint("event_id", name="uniq_dead_letters_event"),
-    CheckConstraint("status IN ('open', 'replayed', 'discarded')", name="ck_dead_letters_status"),
+    CheckConstraint(_one_of("status", DEAD_LETTER_STATUSES), name="ck_dead_letters_status"),
     Index("idx_dead_letters_status_reason", "status", "reason"),
 )

@@ -17,8 +17,9 @@ from starlette.routing import Route
 from common.replay import Replayer, filters_from
 from common.settings import Settings
 from db import dead_letters
+from ingest.access import requires_role
 from ingest.responses import error
-from ingest.status import AuthFailed, authorize, engine
+from ingest.status import engine
 
 _MAX_FILTER_BODY = 64 * 1024
 
@@ -56,12 +57,10 @@ def _dead_letter_id(request: Request) -> int | None:
     return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
 
+@requires_role("reader", "admin")
 async def list_dead_letters(request: Request) -> Response:
     try:
-        authorize(request, "reader", "admin")
         filters = _filters(request.query_params)
-    except AuthFailed as exc:
-        return error(exc.status_code, exc.message)
     except ValueError as exc:
         return error(400, str(exc))
 
@@ -78,11 +77,8 @@ async def list_dead_letters(request: Request) -> Response:
     return JSONResponse({"dead_letters": rows, "count": len(rows)})
 
 
+@requires_role("reader", "admin")
 async def show_dead_letter(request: Request) -> Response:
-    try:
-        authorize(request, "reader", "admin")
-    except AuthFailed as exc:
-        return error(exc.status_code, exc.message)
     dead_letter_id = _dead_letter_id(request)
     if dead_letter_id is None:
         return error(404, "Unknown dead letter")
@@ -100,11 +96,8 @@ async def show_dead_letter(request: Request) -> Response:
     return JSONResponse(row)
 
 
+@requires_role("admin")
 async def replay_dead_letter(request: Request) -> Response:
-    try:
-        authorize(request, "admin")
-    except AuthFailed as exc:
-        return error(exc.status_code, exc.message)
     dead_letter_id = _dead_letter_id(request)
     if dead_letter_id is None:
         return error(404, "Unknown dead letter")
@@ -121,11 +114,8 @@ async def replay_dead_letter(request: Request) -> Response:
     )
 
 
+@requires_role("admin")
 async def replay_matching(request: Request) -> Response:
-    try:
-        authorize(request, "admin")
-    except AuthFailed as exc:
-        return error(exc.status_code, exc.message)
     body = await request.body()
     if len(body) > _MAX_FILTER_BODY:
         return error(413, "Body too large")

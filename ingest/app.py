@@ -1,17 +1,14 @@
 """The receiver. Guard order per delivery: size and content type → authenticate the raw bytes →
-parse → claim the idempotency key and enqueue (one Redis round trip) → 202."""
+parse → claim the idempotency key and enqueue (common.queue, one atomic script) → 202."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -20,21 +17,18 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive
 
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
-from common.queue import idempotency_redis_key
+from common.providers import PROVIDERS
+from common.queue import Claimer
 from common.settings import Settings, SettingsError, load_settings
-from ingest import admin, metrics, openapi, status
-from ingest.deadlines import BodyDeadlines
-from ingest.headers import HeaderIndex
-from ingest.idempotency import Claimer, InvalidIdempotencyKey, derive_key
-from ingest.providers import Provider, providers_from
-from ingest.responses import error, queued
+from ingest import admin, auth, metrics, openapi, status
+from ingest.idempotency import InvalidIdempotencyKey, derive_key
+from ingest.responses import error
 
 logger = logging.getLogger("crm.ingest")
 
@@ -43,28 +37,20 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit`: a lying Content-Length (`declared`) or a
-    chunked body cannot make us buffer more than the limit. Straight from ASGI `receive`, as
-    Starlette's `Request.stream` reads it but without an async generator per request; a body
-    that came in one message (the usual webhook) is returned without a copy."""
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit`: a lying Content-Length or a chunked
+    body cannot make us buffer more than the limit."""
+    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        if message["type"] != "http.request":
-            continue
-        chunk: bytes = message.get("body", b"")
+    async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise _TooLarge
-        if not message.get("more_body", False):
-            return b"".join([*chunks, chunk]) if chunks else chunk
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _has_nul(value: object) -> bool:
@@ -89,15 +75,13 @@ def _may_have_run(exc: RedisError) -> bool:
     return isinstance(exc, RedisTimeoutError | RedisConnectionError)
 
 
-async def _queued_anyway(request: Request, envelope: Envelope) -> bool:
+async def _queued_anyway(claimer: Claimer, envelope: Envelope) -> bool:
     """When the script may have run with only its reply lost, the event may be queued, and
     answering 503 would leave a claimed key behind a refusal (the retry would get 409)."""
-    key = idempotency_redis_key(envelope.provider, envelope.idempotency_key)
     try:
-        claimed = await request.app.state.redis.get(key)
+        return await claimer.claimed_by(envelope) == envelope.event_id
     except RedisError:
         return False
-    return claimed is not None and claimed.decode() == envelope.event_id
 
 
 def _fault(settings: Settings, point: str) -> None:
@@ -107,45 +91,26 @@ def _fault(settings: Settings, point: str) -> None:
 
 
 def _is_json(content_type: str | None) -> bool:
-    if content_type == "application/json":  # what senders send: no parsing needed
-        return True
     return (content_type or "").split(";")[0].strip().lower() == "application/json"
 
 
-class _Webhooks:
-    """What the webhook route reads per delivery, behind one app-state lookup instead of four
-    (each a Python-level `State.__getattr__`). The claimer needs the Redis client, so it is
-    set when the app starts."""
-
-    __slots__ = ("body_deadlines", "claimer", "providers", "settings")
-    claimer: Claimer
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.providers = providers_from(settings)
-        self.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
-
-
 async def receive_webhook(request: Request) -> Response:
-    webhooks: _Webhooks = request.app.state.webhooks
-    settings = webhooks.settings
-    provider: Provider | None = webhooks.providers.get(request.path_params["provider"])
+    settings: Settings = request.app.state.settings
+    provider = PROVIDERS.get(request.path_params["provider"])
     if provider is None:
         return error(404, "Unknown provider")
-    headers = HeaderIndex(request.scope["headers"])
-    if not _is_json(headers.get("content-type")):
+    if not _is_json(request.headers.get("content-type")):
         return error(415, "Content-Type must be application/json")
     try:
         # A client trickling its body would otherwise hold the connection open for ever.
-        body = await webhooks.body_deadlines.within(
-            _read_body(request.receive, headers.get("content-length"), settings.max_body_bytes)
-        )
+        async with asyncio.timeout(settings.body_timeout_seconds):
+            body = await _read_body(request, settings.max_body_bytes)
     except _TooLarge:
         return error(413, f"Body larger than {settings.max_body_bytes} bytes")
     except TimeoutError:
         return error(408, f"Body not received within {settings.body_timeout_seconds} s")
 
-    if not provider.verify(headers, body, provider.secrets):
+    if not auth.authentic(provider.name, request.headers, body, settings):
         if not settings.dev_signature_bypass:
             return error(401, "Missing or invalid signature")
         logger.warning("DEV_SIGNATURE_BYPASS let an unauthenticated %s delivery in", provider.name)
@@ -163,7 +128,7 @@ async def receive_webhook(request: Request) -> Response:
     if event_type is None:
         return error(400, f"No event type: '{provider.event_type_field}' is missing or empty")
     try:
-        key = derive_key(provider.name, headers, payload, body)
+        key = derive_key(provider.name, request.headers, payload, body)
     except InvalidIdempotencyKey as exc:
         return error(400, str(exc))
 
@@ -175,22 +140,27 @@ async def receive_webhook(request: Request) -> Response:
         received_at=utc_now_iso(),
         payload=payload,
     )
+    claimer: Claimer = request.app.state.claimer
     _fault(settings, "exit_before_enqueue")
     try:
-        first = await webhooks.claimer.claim_and_enqueue(envelope)
+        first = await claimer.claim_and_enqueue(envelope)
         _fault(settings, "exit_after_enqueue")
     except orjson.JSONEncodeError:  # the queue message is built before Redis is touched
         return error(400, "Body is nested too deeply")
     except RedisError as exc:
-        if _may_have_run(exc) and await _queued_anyway(request, envelope):
-            return queued(envelope.event_id)
+        if _may_have_run(exc) and await _queued_anyway(claimer, envelope):
+            return _queued(envelope)
         logger.error(
             "queue unavailable, %s delivery refused: %s", provider.name, type(exc).__name__
         )
         return error(503, "Queue unavailable, retry later")
     if first is not None:
         return error(409, "Duplicate event", event_id=first)
-    return queued(envelope.event_id)
+    return _queued(envelope)
+
+
+def _queued(envelope: Envelope) -> Response:
+    return JSONResponse({"status": "queued", "event_id": envelope.event_id}, status_code=202)
 
 
 async def healthz(request: Request) -> Response:
@@ -222,16 +192,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, "Internal error")
 
 
-def _settle_garbage_collector() -> None:
-    """Everything imported and built at start-up lives as long as the process: moved out of
-    the collector's sight, a collection only walks the objects of the requests in flight.
-    Each request allocates a parsed payload; a young generation of 50,000 objects instead of
-    700 collects a few times a second under load instead of hundreds. (Profiled with
-    callgrind: the collector was a tenth of the instructions a delivery costs beyond the
-    floor's.)"""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+def _redis(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -243,37 +205,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise SystemExit(2) from None
     resolved = settings
     configure_logging(resolved.log_level)
-    webhooks = _Webhooks(resolved)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
-        client = aioredis.Redis.from_url(resolved.redis_url, **options)
+        client = _redis(resolved.redis_url)
         app.state.ready_clients = {"redis": client}
-        broker = None
+        broker = client
         if resolved.celery_broker_url != resolved.redis_url:
-            broker = aioredis.Redis.from_url(resolved.celery_broker_url, **options)
+            broker = _redis(resolved.celery_broker_url)
             app.state.ready_clients["broker"] = broker
         # The queue lives on the broker: claim and push must hit the same server in one script.
-        webhooks.claimer = Claimer(
-            broker or client,
-            resolved.idempotency_ttl_seconds,
-            inflight_grace=resolved.broker_visibility_timeout,
+        app.state.redis = broker
+        app.state.claimer = Claimer(
+            broker,
+            ttl_seconds=resolved.idempotency_ttl_seconds,
+            grace_seconds=resolved.broker_visibility_timeout,
         )
-        app.state.redis = broker or client
-        webhooks.body_deadlines.start()
-        folding = asyncio.get_running_loop().create_task(metrics.TALLY.fold_every_while())
-        _settle_garbage_collector()
         try:
             yield
         finally:
-            folding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await folding
-            await webhooks.body_deadlines.stop()
-            await client.aclose()
-            if broker is not None:
-                await broker.aclose()
+            for each in app.state.ready_clients.values():
+                await each.aclose()
             admin.dispose(app)
             status.dispose(app)
 
@@ -291,7 +243,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = resolved
-    app.state.webhooks = webhooks
     if resolved.dev_signature_bypass:
         logger.warning("DEV_SIGNATURE_BYPASS is on: unsigned webhooks will be accepted")
     return app

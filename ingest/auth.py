@@ -5,13 +5,14 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from common.settings import Secret
-from ingest.headers import HeaderLookup
+from starlette.datastructures import Headers
+
+from common.settings import Secret, Settings
 
 _SHA256_HEX_LEN = 64
 
 
-def _single(headers: HeaderLookup, name: str) -> str | None:
+def _single(headers: Headers, name: str) -> str | None:
     """The header's value; None when absent or repeated (a repeat is ambiguous, so refused)."""
     values = headers.getlist(name)
     return values[0] if len(values) == 1 else None
@@ -44,11 +45,10 @@ def _matches_bearer(authorization: str, secrets: Sequence[Secret]) -> bool:
     return matched
 
 
-def verify_instantly(headers: HeaderLookup, body: bytes, secrets: Sequence[Secret]) -> bool:
+def _verify_instantly(headers: Headers, body: bytes, secrets: Sequence[Secret]) -> bool:
     """Instantly cannot sign; its webhook settings add fixed headers. So either an HMAC-SHA256
     of the body in `X-Instantly-Signature` (from a relay that can sign) or the shared secret as
-    a bearer token. A present but wrong signature fails even when a bearer token is also sent.
-    `secrets`: the configured ones, none empty (see `usable`)."""
+    a bearer token. A present but wrong signature fails even when a bearer token is also sent."""
     if not secrets:
         return False
     signatures = headers.getlist("x-instantly-signature")
@@ -58,13 +58,18 @@ def verify_instantly(headers: HeaderLookup, body: bytes, secrets: Sequence[Secre
     return authorization is not None and _matches_bearer(authorization, secrets)
 
 
-def verify_calcom(headers: HeaderLookup, body: bytes, secrets: Sequence[Secret]) -> bool:
+def _verify_calcom(headers: Headers, body: bytes, secrets: Sequence[Secret]) -> bool:
     """Cal.com signs every delivery; with no secret set on its side it sends the literal
     `no-secret-provided`, which never matches a 64-hex-digit digest."""
     signature = _single(headers, "x-cal-signature-256")
     return bool(secrets) and signature is not None and _matches_hmac(signature, body, secrets)
 
 
-def usable(secrets: Sequence[Secret]) -> tuple[Secret, ...]:
-    """The secrets a signature may be checked against: an empty one would let anyone sign."""
-    return tuple(secret for secret in secrets if secret.get())
+_VERIFIERS = {"instantly": _verify_instantly, "calcom": _verify_calcom}
+
+
+def authentic(provider: str, headers: Headers, body: bytes, settings: Settings) -> bool:
+    """Whether the raw body carries a valid signature (or bearer secret) of `provider`."""
+    # An empty secret would let anyone sign.
+    secrets = [secret for secret in settings.webhook_secrets(provider) if secret.get()]
+    return _VERIFIERS[provider](headers, body, secrets)

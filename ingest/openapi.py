@@ -10,6 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.providers import PROVIDERS
+from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
+
 _JSON = "application/json"
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -17,7 +20,7 @@ _UUID = {"type": "string", "format": "uuid"}
 _TEXT = {"type": "string"}
 _INT = {"type": "integer"}
 _COUNT = {"type": "integer", "minimum": 0}
-_DEAD_LETTER_STATUS = {"type": "string", "enum": ["open", "replayed", "discarded"]}
+_DEAD_LETTER_STATUS = {"type": "string", "enum": list(DEAD_LETTER_STATUSES)}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -101,7 +104,7 @@ _SCHEMAS: dict[str, Any] = {
         event_id=_UUID,
         provider=_TEXT,
         event_type=_TEXT,
-        status={"type": "string", "enum": ["queued", "processed", "ignored", "dead"]},
+        status={"type": "string", "enum": list(EVENT_STATUSES)},
         attempts=_INT,
         received_at=_TIME,
         processed_at=_NULLABLE_TIME,
@@ -148,7 +151,7 @@ _WEBHOOK = _operation(
     "fails even beside a good bearer secret. calcom: `X-Cal-Signature-256` only. A 2xx is sent "
     "only once the event is queued; an error leaves nothing behind.",
     parameters=[
-        _parameter("provider", "path", {"type": "string", "enum": ["instantly", "calcom"]}),
+        _parameter("provider", "path", {"type": "string", "enum": list(PROVIDERS)}),
         _parameter("Idempotency-Key", "header", _TEXT | {"minLength": 1, "maxLength": 255}),
     ],
     security=[{"instantlySignature": []}, {"instantlyBearer": []}, {"calcomSignature": []}],

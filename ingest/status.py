@@ -14,36 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common import inflight
-from common.envelope import Envelope
-from common.queue import read_message
+from common import queue
 from common.settings import Settings
-from common.tokens import Claims, TokenError, verify_token
 from db import events
 from db.engine import make_engine
+from ingest.access import requires_role
 from ingest.responses import error
-
-
-class AuthFailed(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-
-
-def authorize(request: Request, *roles: str) -> Claims:
-    """The caller's claims when its bearer token is valid and carries one of `roles`."""
-    settings: Settings = request.app.state.settings
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthFailed(401, "Missing bearer token")
-    try:
-        claims = verify_token(settings.jwt_secret.get(), token.strip())
-    except TokenError as exc:
-        raise AuthFailed(401, str(exc).capitalize()) from None
-    if claims.role not in roles:
-        raise AuthFailed(403, f"Role '{claims.role}' may not do this")
-    return claims
 
 
 def engine(app: Starlette) -> Engine:
@@ -66,11 +42,8 @@ def _stored_event(app: Starlette, event_id: uuid.UUID) -> dict[str, Any] | None:
         return events.get_event(conn, event_id=event_id)
 
 
+@requires_role("reader", "admin")
 async def get_event(request: Request) -> Response:
-    try:
-        authorize(request, "reader", "admin")
-    except AuthFailed as exc:
-        return error(exc.status_code, exc.message)
     try:
         event_id = uuid.UUID(request.path_params["event_id"])
     except ValueError:
@@ -82,15 +55,11 @@ async def get_event(request: Request) -> Response:
     if stored is not None:
         return JSONResponse(stored)
     try:
-        message = await request.app.state.redis.hget(inflight.MESSAGES_KEY, str(event_id))
+        # Accepted, not yet committed: only the queue knows it.
+        queued = await queue.queued_envelope(request.app.state.redis, str(event_id))
     except RedisError:
         return error(503, "Queue unavailable, retry later")
-    if message is None:
-        return error(404, "Unknown event")
-    # Accepted, not yet committed: its in-flight record holds the queued message.
-    try:
-        queued = Envelope.from_dict(read_message(message).envelope)
-    except ValueError:
+    if queued is None:
         return error(404, "Unknown event")
     return JSONResponse(
         {

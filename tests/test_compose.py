@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from cli.run import receiver_command, worker_command
-from common.envelope import QUEUE_NAME
+from common.queue import QUEUE_NAME
 from common.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

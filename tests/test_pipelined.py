@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from ingest.pipelined import PipelinedScript
+from common.queue.pipelined import PipelinedScript
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.reliability

@@ -30,68 +30,79 @@ from celery.signals import (
 )
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-from common import inflight, metrics
-from common.envelope import QUEUE_NAME
-from common.logging import clear_event, configure_logging, event_fields, set_event
+from common import metrics, queue
+from common.envelope import describe
+from common.logging import clear_event, configure_logging, set_event
+from common.queue import QUEUE_NAME
 from common.settings import get_settings
 from worker import resources
 
-settings = get_settings()
 logger = logging.getLogger("crm.worker")
 
+
+def _config() -> dict[str, Any]:
+    """Read when Celery first needs its configuration, not at import."""
+    settings = get_settings()
+    return {
+        "broker_url": settings.celery_broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            # How often a worker restores messages whose holder died (kombu's default is ~100 s
+            # apart); a tenth of the visibility timeout, at most a minute.
+            "unacked_restore_interval": _sweep_interval(),
+            "unacked_restore_throttle": 1,
+        },
+        "task_default_queue": QUEUE_NAME,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "imports": ["worker.tasks"],
+    }
+
+
+def _sweep_interval() -> int:
+    return min(60, max(1, get_settings().broker_visibility_timeout // 10))
+
+
 app = Celery("crm-worker")
-app.conf.update(
-    broker_url=settings.celery_broker_url,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout,
-        # How often a worker sweeps for messages whose holder died (kombu's default sweep is
-        # ~100 s apart); a tenth of the visibility timeout, at most a minute.
-        "unacked_restore_interval": min(60, max(1, settings.broker_visibility_timeout // 10)),
-        "unacked_restore_throttle": 1,
-    },
-    task_default_queue=QUEUE_NAME,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    worker_prefetch_multiplier=1,
-    worker_concurrency=settings.worker_concurrency,
-    worker_hijack_root_logger=False,
-    worker_redirect_stdouts=False,
-    imports=["worker.tasks"],
-)
+app.add_defaults(_config)
 
 
 @setup_logging.connect
 def _logging(**_: Any) -> None:
     # Connecting here stops Celery from installing its own handlers: one JSON format for all.
-    configure_logging(settings.log_level)
+    configure_logging(get_settings().log_level)
 
 
 @worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     """In a container of its own the worker serves its pool's metrics itself; beside the
     receiver (make run) it shares PROMETHEUS_MULTIPROC_DIR and the receiver serves them."""
-    if settings.worker_metrics_port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    port = get_settings().worker_metrics_port
+    if port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        start_http_server(settings.worker_metrics_port, registry=registry)
+        start_http_server(port, registry=registry)
 
 
 _sweeper_stop = threading.Event()
 
 
 def _sweep_forever() -> None:
-    """Queue again what a consumer lost (common.inflight); runs in the worker's main process."""
-    grace = settings.broker_visibility_timeout
-    interval = min(60, max(1, grace // 10))
+    """Queue again what a consumer lost (common.queue); runs in the worker's main process."""
+    settings = get_settings()
     client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=10)
     try:
-        while not _sweeper_stop.wait(interval):
+        while not _sweeper_stop.wait(_sweep_interval()):
             try:
-                swept = inflight.sweep(client, grace)
+                swept = queue.sweep(client, grace_seconds=settings.broker_visibility_timeout)
             except redis.RedisError as exc:
                 logger.warning("in-flight sweep failed: %s", type(exc).__name__)
                 continue
@@ -126,8 +137,7 @@ def _close_engine(**_: Any) -> None:
 @task_prerun.connect
 def _log_context(args: tuple[Any, ...] = (), **_: Any) -> None:
     # Every line logged while the task runs, Celery's own included, names the event.
-    fields = event_fields(args[0] if args else None)
-    set_event(fields["event_id"], fields["provider"], fields["event_type"])
+    set_event(**describe(args[0] if args else None))
 
 
 @task_postrun.connect

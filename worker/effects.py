@@ -32,7 +32,8 @@ class Effect:
 ENGAGEMENT_TYPES = ("email_sent", "email_opened", "link_clicked", "email_link_clicked")
 
 INSTANTLY_EFFECTS: dict[str, Effect] = {
-    # reply_received is Step E (worker.instantly.handle_reply): deal in 'New' + system_note.
+    # Step E, the prototype's: the deal in 'New' and a system_note of the reply.
+    "reply_received": Effect(stage="New", activity="system_note"),
     "lead_interested": Effect(stage="Interested"),
     "lead_meeting_booked": Effect(stage="Meeting Booked"),
     "lead_closed": Effect(stage="Won"),
@@ -51,6 +52,17 @@ CALCOM_EFFECTS: dict[str, Effect] = {
     "BOOKING_CANCELLED": Effect(activity="meeting"),
     "MEETING_ENDED": Effect(activity="meeting"),
 }
+
+
+EFFECTS = {"instantly": INSTANTLY_EFFECTS, "calcom": CALCOM_EFFECTS}
+STORE_ONLY = Effect()
+
+
+def effect_for(provider: str, event_type: str, *, engagement_activities: bool) -> Effect | None:
+    """What the event does; None for a type with no effect (stored as `ignored`)."""
+    if engagement_activities and provider == "instantly" and event_type in ENGAGEMENT_TYPES:
+        return Effect(activity="system_note")
+    return EFFECTS.get(provider, {}).get(event_type)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Instantly events. `reply_received` is Step E: the contact, their deal in 'New' (or wherever
-it already is, further on), and a system_note. The other types follow worker.effects."""
+"""Instantly events: the lead, and the note each event's effect (worker.effects) logs.
+`reply_received` is Step E: the contact, their deal in 'New' (or wherever it already is,
+further on), and a system_note that says who replied to which campaign."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from typing import Any
 from sqlalchemy import Connection
 
 from common.envelope import Envelope
+from common.providers import INSTANTLY_CAMPAIGN_FIELDS
 from worker.effects import Effect, Note, apply_effect
 from worker.leads import Lead, checked_email, int_field, make_lead, text_field
 
 STEP_E = "E:deal_created_and_logged"
-STEP_E_EFFECT = Effect(stage="New", activity="system_note")
 
 
 def parse_lead(payload: dict[str, Any]) -> Lead:
@@ -27,8 +28,8 @@ def parse_lead(payload: dict[str, Any]) -> Lead:
 
 
 def _campaign(payload: dict[str, Any]) -> str | None:
-    # A lead variable named `campaign_id` shadows Instantly's own id; `campaign` keeps the real one.
-    return text_field(payload, "campaign") or text_field(payload, "campaign_id")
+    campaigns = (text_field(payload, field) for field in INSTANTLY_CAMPAIGN_FIELDS)
+    return next((value for value in campaigns if value), None)
 
 
 def _metadata(payload: dict[str, Any]) -> dict[str, Any]:
@@ -50,50 +51,34 @@ def _deal_title(lead: Lead, campaign_name: str | None) -> str:
     return f"{who} — {campaign_name}" if campaign_name else who
 
 
-def handle_reply(conn: Connection, envelope: Envelope) -> dict[str, Any]:
-    payload = envelope.payload
-    lead = parse_lead(payload)
-    metadata = _metadata(payload)
+def _note(event_type: str, lead: Lead, payload: dict[str, Any], metadata: dict[str, Any]) -> Note:
     campaign_name = metadata["campaign_name"]
-    subject = text_field(payload, "reply_subject")
+    deal_title = _deal_title(lead, campaign_name)
+    if event_type != "reply_received":
+        subject = f"{lead.display_name} <{lead.email}>: {event_type.replace('_', ' ')}"
+        return Note(subject, text_field(payload, "reply_text_snippet"), metadata, deal_title)
+    # Step E's wording: who replied, to which campaign, with the subject and a snippet.
+    reply_subject = text_field(payload, "reply_subject")
     text = text_field(payload, "reply_text")
     snippet = text_field(payload, "reply_text_snippet") or (text[:280] if text else None)
-    note = f"{lead.display_name} <{lead.email}> replied"
+    subject = f"{lead.display_name} <{lead.email}> replied"
     if campaign_name:
-        note += f" to campaign '{campaign_name}'"
-    result = apply_effect(
-        conn,
-        envelope,
-        lead,
-        STEP_E_EFFECT,
-        Note(
-            subject=f"{note}: {subject}" if subject else note,
-            body=snippet,
-            metadata=metadata,
-            deal_title=_deal_title(lead, campaign_name),
-        ),
-    )
-    return {
-        "step": STEP_E,
-        "deal_id": result["deal_id"],
-        "system_activity_id": result["activity_id"],
-    }
+        subject += f" to campaign '{campaign_name}'"
+    if reply_subject:
+        subject += f": {reply_subject}"
+    return Note(subject, snippet, metadata, deal_title)
 
 
 def handle_event(conn: Connection, envelope: Envelope, effect: Effect) -> dict[str, Any]:
     payload = envelope.payload
     lead = parse_lead(payload)
-    metadata = _metadata(payload)
-    what = envelope.event_type.replace("_", " ")
-    return apply_effect(
-        conn,
-        envelope,
-        lead,
-        effect,
-        Note(
-            subject=f"{lead.display_name} <{lead.email}>: {what}",
-            body=text_field(payload, "reply_text_snippet"),
-            metadata=metadata,
-            deal_title=_deal_title(lead, metadata["campaign_name"]),
-        ),
-    )
+    note = _note(envelope.event_type, lead, payload, _metadata(payload))
+    result = apply_effect(conn, envelope, lead, effect, note)
+    if envelope.event_type == "reply_received":
+        # The prototype's result, which its clients read.
+        return {
+            "step": STEP_E,
+            "deal_id": result["deal_id"],
+            "system_activity_id": result["activity_id"],
+        }
+    return result

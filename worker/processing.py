@@ -3,7 +3,7 @@ commit together, so a redelivered or replayed envelope finds the row and does no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,19 +12,26 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine
 
 from common.envelope import Envelope, EnvelopeError
+from common.providers import PROVIDERS
+from common.settings import get_settings
 from db import events
+from worker import calcom, instantly
+from worker.effects import STORE_ONLY, Effect, effect_for
 from worker.errors import InvalidPayload, UnknownProvider
-from worker.handlers import KNOWN_PROVIDERS, handler_for
+
+# Each provider's events are carried out by its module's one function, given the effect.
+_HANDLERS: dict[str, Callable[[Connection, Envelope, Effect], dict[str, Any]]] = {
+    "instantly": instantly.handle_event,
+    "calcom": calcom.handle_event,
+}
 
 
 def parse_envelope(data: Any) -> Envelope:
     try:
         envelope = Envelope.from_dict(data)
-        UUID(envelope.event_id)
-        datetime.fromisoformat(envelope.received_at)
-    except (EnvelopeError, ValueError) as exc:
+    except EnvelopeError as exc:
         raise InvalidPayload(f"malformed envelope: {exc}") from None
-    if envelope.provider not in KNOWN_PROVIDERS:
+    if envelope.provider not in PROVIDERS:
         raise UnknownProvider(f"no such provider: {envelope.provider!r}")
     return envelope
 
@@ -35,15 +42,10 @@ class Outcome:
     result: dict[str, Any]
 
 
-def process(engine: Engine, envelope: Envelope, *, attempts: int) -> Outcome:
-    """Apply the event's effects once; a repeat returns the stored result and writes nothing."""
-    return process_batch(engine, [(envelope, attempts)])[0]
-
-
 def process_batch(engine: Engine, batch: Sequence[tuple[Envelope, int]]) -> list[Outcome]:
-    """Several events (each with its attempt number) in one transaction: one commit for all,
-    and all or nothing. A caller whose batch fails runs its events one by one, so a single bad
-    event costs the others only the retry, and every guard row still commits with its effects."""
+    """Events (each with its attempt number) in one transaction: one commit for all, and all or
+    nothing. A caller whose batch fails runs its events one by one (a batch of one), so a
+    single bad event costs the others only the retry."""
     with engine.begin() as conn:
         return [apply_event(conn, envelope, attempts=attempts) for envelope, attempts in batch]
 
@@ -62,11 +64,18 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
     )
     if claim.done:
         return Outcome("duplicate", claim.result or {})
-    handler = handler_for(envelope.provider, envelope.event_type)
-    if handler is None:
+    effect = effect_for(
+        envelope.provider,
+        envelope.event_type,
+        engagement_activities=get_settings().engagement_activities,
+    )
+    if effect is None:
         result: dict[str, Any] = {"ignored": f"no effect for {envelope.event_type}"}
         events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
         return Outcome("ignored", result)
-    result = handler(conn, envelope)
+    if effect == STORE_ONLY:
+        result = {"effect": "stored"}  # the webhook_events row is the whole effect
+    else:
+        result = _HANDLERS[envelope.provider](conn, envelope, effect)
     events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
     return Outcome("processed", result)

@@ -1,11 +1,11 @@
-"""The task the receiver's messages name. Its delivery rules live in worker.delivery.EventTask
-and worker.app; the work itself in worker.processing."""
+"""The task the receiver's messages name. Its delivery policy lives in worker.delivery, the
+work itself in worker.processing."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.envelope import TASK_NAME
+from common.queue import TASK_NAME
 from worker.app import app
 from worker.delivery import EventTask
 

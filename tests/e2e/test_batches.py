@@ -10,9 +10,11 @@ import pytest
 from celery import Celery
 from sqlalchemy import Engine
 
-from common.envelope import QUEUE_NAME, TASK_NAME, Envelope
-from common.queue import TaskMessageBuilder, enqueue, read_message
-from tests.e2e.conftest import (
+from common import queue
+from common.envelope import Envelope
+from common.queue import QUEUE_NAME, TASK_NAME
+from tests.e2e.proxy import TcpProxy
+from tests.e2e.stack import (
     IsolatedStack,
     free_port,
     queue_reply,
@@ -20,7 +22,6 @@ from tests.e2e.conftest import (
     scalar,
     wait_processed,
 )
-from tests.e2e.proxy import TcpProxy
 from tests.helpers import wait_for
 from tests.payloads import reply
 
@@ -62,7 +63,7 @@ def test_bad_events_in_a_backlog_are_dead_lettered_and_the_rest_committed(
     bodies[7] = reply(lead_email=None, email=None)  # fails inside the transaction
     event_ids = [queue_reply(isolated.client, body) for body in bodies]
     unknown = Envelope(str(uuid.uuid4()), "hubspot", "x", "k", datetime.now(UTC).isoformat(), {})
-    enqueue(isolated.client, TaskMessageBuilder(), unknown, grace=300)
+    queue.enqueue(isolated.client, unknown, grace_seconds=300)
     isolated.worker(WORKER_BATCH_SIZE="10")
     wait_processed(superuser_engine, event_ids)
     wait_for(
@@ -125,7 +126,7 @@ def test_a_message_celery_publishes_for_a_retry_reads_back(isolated: IsolatedSta
     raw = isolated.client.rpop(QUEUE_NAME)
     assert isinstance(raw, bytes)
 
-    task = read_message(raw)
+    task = queue.message.read(raw)
     assert (task.task_id, task.task_name, task.retries) == (envelope.event_id, TASK_NAME, 3)
     assert task.eta is not None
     assert before + timedelta(seconds=29) < task.eta < before + timedelta(seconds=60)

@@ -18,10 +18,12 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from common.envelope import QUEUE_NAME, Envelope
-from common.queue import TaskMessageBuilder, enqueue
+from common import queue
+from common.envelope import Envelope
+from common.queue import QUEUE_NAME
 from common.tokens import issue_token
-from tests.e2e.conftest import (
+from tests.e2e.proxy import TcpProxy
+from tests.e2e.stack import (
     ROOT,
     IsolatedStack,
     event_status,
@@ -30,7 +32,6 @@ from tests.e2e.conftest import (
     scalar,
     wait_processed,
 )
-from tests.e2e.proxy import TcpProxy
 from tests.helpers import wait_for
 from tests.payloads import encode, reply, signed_headers
 
@@ -240,7 +241,7 @@ def test_dead_letter_survives_postgres_down_at_the_moment_of_failure(
         envelope = Envelope(
             str(uuid.uuid4()), "hubspot", "x", "k", datetime.now(UTC).isoformat(), {}
         )
-        enqueue(client, TaskMessageBuilder(), envelope, grace=300)
+        queue.enqueue(client, envelope, grace_seconds=300)
         wait_for(
             lambda: "dead letter not written" in worker.output(),
             timeout=60,
@@ -277,7 +278,7 @@ def test_unprocessable_envelopes_on_the_queue_are_dead_lettered(
     envelope: dict[str, Any],
     reason: str,
 ) -> None:
-    message = json.loads(TaskMessageBuilder().build(Envelope("0", "p", "t", "k", "r", {})))
+    message = json.loads(queue.message.build(Envelope("0", "p", "t", "k", "r", {})))
     # The same Celery message, carrying an envelope the receiver would never have built.
     body = json.loads(message["body"])
     body[0] = [envelope]

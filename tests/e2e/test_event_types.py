@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from tests.e2e.conftest import scalar, wait_processed
+from tests.e2e.stack import scalar, wait_processed
 from tests.payloads import CALCOM_SECRET, encode, fixture, hmac_hex, reply, signed_headers
 
 pytestmark = pytest.mark.e2e

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from common.envelope import QUEUE_NAME
+from common.queue import QUEUE_NAME
 from common.settings import Settings
-from tests.e2e.conftest import ROOT, IsolatedStack, Process, wait_processed
+from tests.e2e.stack import ROOT, IsolatedStack, Process, wait_processed
 from tests.helpers import wait_for
 from tests.payloads import CALCOM_SECRET, encode, reply, signed_headers
 

@@ -17,11 +17,10 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from common import inflight
-from common.envelope import QUEUE_NAME
-from common.queue import TaskMessageBuilder
-from tests.e2e.conftest import IsolatedStack, Process, reply_envelope, scalar
+from common import queue
+from common.queue import QUEUE_NAME
 from tests.e2e.proxy import TcpProxy
+from tests.e2e.stack import IsolatedStack, Process, reply_envelope, scalar
 from tests.helpers import wait_for
 from tests.payloads import encode, reply, signed_headers
 from tests.redis_server import RedisServer, free_port
@@ -144,7 +143,7 @@ def test_whole_worker_killed_mid_burst_every_event_is_processed_exactly_once(
         message="not every accepted event was processed after the kills",
     )
     wait_for(
-        lambda: isolated.client.hlen(inflight.MESSAGES_KEY) == 0,
+        lambda: isolated.client.hlen(queue.INFLIGHT_KEY) == 0,
         timeout=60,
         message="in-flight records were left behind",
     )
@@ -157,9 +156,9 @@ def test_a_message_the_consumer_lost_is_queued_again_from_the_in_flight_record(
     # What the receiver's script leaves when a consumer popped the message and died before
     # recording it: the in-flight record, due, and nothing in the queue or the unacked hash.
     envelope = reply_envelope(reply("lost.in.transit@example.org"), "lost")
-    message = TaskMessageBuilder().build(envelope)
-    isolated.client.hset(inflight.MESSAGES_KEY, envelope.event_id, message)
-    isolated.client.zadd(inflight.DUE_KEY, {envelope.event_id: 0})
+    message = queue.message.build(envelope)
+    isolated.client.hset(queue.INFLIGHT_KEY, envelope.event_id, message)
+    isolated.client.zadd(queue.DUE_KEY, {envelope.event_id: 0})
     assert isolated.client.llen(QUEUE_NAME) == 0
 
     worker = isolated.worker(BROKER_VISIBILITY_TIMEOUT="5", TASK_RETRY_BACKOFF_MAX="2")
@@ -170,7 +169,7 @@ def test_a_message_the_consumer_lost_is_queued_again_from_the_in_flight_record(
     )
     assert "in-flight sweep queued 1 event(s) again" in worker.output()
     wait_for(
-        lambda: isolated.client.hlen(inflight.MESSAGES_KEY) == 0,
+        lambda: isolated.client.hlen(queue.INFLIGHT_KEY) == 0,
         timeout=30,
         message="the in-flight record was not forgotten after processing",
     )
@@ -367,7 +366,7 @@ def test_same_envelope_queued_three_times_while_a_worker_is_mid_transaction(
     stack: str, superuser_engine: Engine, redis_client: redis.Redis
 ) -> None:
     envelope = reply_envelope(reply("mid.transaction@example.org"), "redelivered")
-    message = TaskMessageBuilder().build(envelope)
+    message = queue.message.build(envelope)
     with superuser_engine.connect() as blocker:
         # The first copy's transaction stops at its activity insert, holding its event row.
         blocker.exec_driver_sql("LOCK TABLE activities IN ACCESS EXCLUSIVE MODE")

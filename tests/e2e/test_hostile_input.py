@@ -26,11 +26,11 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import Engine, text
 
-from common.envelope import QUEUE_NAME
+from common.queue import QUEUE_NAME
 from common.settings import Settings
 from db import dead_letters
 from ingest.openapi import SPEC
-from tests.e2e.conftest import queue_idle, reply_envelope, scalar, wait_processed
+from tests.e2e.stack import queue_idle, reply_envelope, scalar, wait_processed
 from tests.helpers import wait_for
 from tests.payloads import (
     CALCOM_SECRET,

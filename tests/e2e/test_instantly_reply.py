@@ -12,9 +12,9 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from common import inflight
-from common.envelope import QUEUE_NAME
-from tests.e2e.conftest import scalar, wait_processed
+from common import queue
+from common.queue import QUEUE_NAME
+from tests.e2e.stack import IsolatedStack, scalar, wait_processed
 from tests.helpers import wait_for
 from tests.payloads import bearer_headers, encode, reply, signed_headers
 
@@ -106,15 +106,16 @@ def test_same_delivery_again_is_409_with_first_event_id_and_no_new_rows(
     assert counts(superuser_engine) == before
 
 
-def test_repeat_while_first_is_still_queued_is_409(
-    receiver: str, redis_client: redis.Redis, stack: str
-) -> None:
-    # No worker drains this key's message before the repeat arrives: both answers come from Redis.
+def test_repeat_while_first_is_still_queued_is_409(isolated: IsolatedStack) -> None:
+    # No worker on this stack: the first delivery is certainly still queued when it repeats.
+    _, url = isolated.receiver()
     body = reply("queued.twice@example.org")
-    first = post(stack, body)
-    second = post(stack, body)
+    first = post(url, body)
+    second = post(url, body)
     assert (first.status_code, second.status_code) == (202, 409)
     assert second.json()["event_id"] == first.json()["event_id"]
+    assert isolated.client.llen(QUEUE_NAME) == 1
+    assert queue.in_flight(isolated.client).count == 1
 
 
 def test_fifty_concurrent_identical_deliveries_give_one_202_and_one_set_of_rows(
@@ -172,7 +173,6 @@ def test_the_same_envelope_delivered_to_the_worker_twice_makes_one_set_of_rows(
     # What a redelivery looks like to the worker: the very message the receiver queued, again.
     # Rebuilt here from the stored envelope, the way a visibility-timeout restore re-pushes it.
     from common.envelope import Envelope
-    from common.queue import TaskMessageBuilder
 
     stored = scalar(
         superuser_engine,
@@ -182,7 +182,7 @@ def test_the_same_envelope_delivered_to_the_worker_twice_makes_one_set_of_rows(
         id=event_id,
     )
     envelope = Envelope(event_id=event_id, **stored)
-    message = TaskMessageBuilder().build(envelope)
+    message = queue.message.build(envelope)
     redis_client.lpush(QUEUE_NAME, message, message)
     wait_for(
         lambda: redis_client.llen(QUEUE_NAME) == 0 and redis_client.hlen("unacked") == 0,
@@ -216,11 +216,11 @@ def test_two_hundred_distinct_replies_make_two_hundred_deals_and_activities(
     }  # fmt: skip
     # Every finished event's in-flight record is gone, so the sweeper has nothing to resend.
     wait_for(
-        lambda: redis_client.hlen(inflight.MESSAGES_KEY) == 0,
+        lambda: redis_client.hlen(queue.INFLIGHT_KEY) == 0,
         timeout=30,
         message="in-flight records were left behind",
     )
-    assert redis_client.zcard(inflight.DUE_KEY) == 0
+    assert redis_client.zcard(queue.DUE_KEY) == 0
 
 
 @pytest.mark.parametrize(
@@ -355,20 +355,18 @@ def test_status_of_a_queued_event_is_queued(
     # An event the worker has not written yet is known only to Redis, by its in-flight record.
     from datetime import UTC, datetime
 
-    from common import inflight
     from common.envelope import Envelope
-    from common.queue import TaskMessageBuilder
 
     event_id = "00000000-0000-4000-8000-000000000001"
     received_at = datetime.now(UTC).isoformat()
     envelope = Envelope(event_id, "instantly", "reply_received", "k", received_at, {})
-    redis_client.hset(inflight.MESSAGES_KEY, event_id, TaskMessageBuilder().build(envelope))
+    redis_client.hset(queue.INFLIGHT_KEY, event_id, queue.message.build(envelope))
     try:
         shown = httpx.get(
             f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
         )
     finally:
-        redis_client.hdel(inflight.MESSAGES_KEY, event_id)
+        redis_client.hdel(queue.INFLIGHT_KEY, event_id)
     assert shown.status_code == 200
     assert shown.json() == {
         "event_id": event_id,

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from tests.e2e.conftest import ROOT, Process, wait_processed
+from tests.e2e.stack import ROOT, Process, wait_processed
 from tests.payloads import INSTANTLY_SECRET, encode, reply, signed_headers
 
 pytestmark = pytest.mark.e2e

@@ -13,35 +13,48 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
-from common import inflight
-from tests.e2e.conftest import ROOT, Process, scalar
+from common import queue
+from tests.e2e.stack import ROOT, Process, reply_envelope, scalar
 from tests.helpers import wait_for
 from tests.payloads import encode, reply, signed_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
-DEFAULT_RATE = 100.0  # events/s when no bench result is at hand
 CONNECTIONS = 10
 WINDOWS = 6  # the p99 is compared between the halves, window by window
 PROCESSED = "SELECT count(*) FROM webhook_events WHERE status = 'processed'"
 
 
-def _half_capacity() -> float:
-    """Half of what a steady trickle of deliveries can be processed at.
+def _half_capacity(client: redis.Redis, engine: Engine) -> float:
+    """Half of what a steady trickle of deliveries can be processed at, on this machine now.
 
-    `make bench` (bench/results.json) measures the drain with a backlog, where a worker commits
-    batches of up to 20 events; a steady trickle arrives a few at a time, so each event carries
-    a Celery delivery and a commit of its own and costs about twice the CPU. Half the trickle
-    capacity is therefore about a quarter of the backlog figure (measured on the 2-core
-    machine: ~340 events/s of trickle kept both cores ~85 % busy; the backlog drain ~790).
+    A backlog is measured here first (1,000 events queued at once, drained by the session's
+    worker). A backlog is committed in batches of up to 20 events; a steady trickle arrives a
+    few at a time, each event with a Celery delivery and a commit of its own, at about twice
+    the CPU (on the 2-core machine: ~340 events/s of trickle kept both cores ~85 % busy while a
+    backlog drained at ~790). So half the trickle capacity is about a quarter of the backlog's.
     """
-    results = ROOT / "bench" / "results.json"
-    if not results.exists():
-        return DEFAULT_RATE
-    capacity = float(json.loads(results.read_text())["drain"]["concurrency_2_eps"])
-    return max(20.0, capacity / 4)
+    count = 1000
+    for index in range(count):
+        envelope = reply_envelope(reply(f"calibrate{index}@calibrate.example.com"))
+        queue.enqueue(client, envelope, grace_seconds=300)
+    wait_for(
+        lambda: scalar(engine, PROCESSED) == count,
+        timeout=120,
+        message="the calibration backlog was not drained",
+    )
+    drained = scalar(
+        engine,
+        "SELECT extract(epoch FROM max(processed_at) - min(processed_at)) FROM webhook_events",
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            text("TRUNCATE activities, deals, contacts, companies, webhook_events CASCADE")
+        )
+    backlog_rate = (count - 1) / float(drained)
+    return max(20.0, backlog_rate / 4)
 
 
 def _wrk_at_rate(url: str, rate: float, seconds: float, workdir: Path) -> dict[str, int]:
@@ -92,7 +105,7 @@ def test_soak_at_half_capacity_holds_errors_latency_and_memory(
     log_dir: Path,
 ) -> None:
     seconds = float(os.environ.get("SOAK_SECONDS", "120"))
-    rate = _half_capacity()
+    rate = _half_capacity(redis_client, superuser_engine)
     receiver = receiver_process[0]
     rss_start = {"receiver": receiver.rss_mb(), "worker": worker.rss_mb()}
     started = time.time()
@@ -103,7 +116,7 @@ def test_soak_at_half_capacity_holds_errors_latency_and_memory(
     wait_for(
         lambda: (
             scalar(superuser_engine, "SELECT count(*) FROM webhook_events") >= load["requests"]
-            and redis_client.hlen(inflight.MESSAGES_KEY) == 0
+            and queue.in_flight(redis_client).count == 0
         ),
         timeout=120,
         message="the soak's events were not all processed",

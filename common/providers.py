@@ -1,0 +1,50 @@
+"""The providers and their event types: the one registry the receiver (routes, signatures,
+idempotency keys), the worker (which effects exist), the metrics (label values) and the OpenAPI
+description read. What each provider's events *do* is the worker's (worker/effects.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    # The payload field that names the event type.
+    event_type_field: str
+    # The types the sender documents. Others are accepted and stored as `ignored`; in metrics
+    # they share the label `other`, so a sender cannot grow the number of series without bound.
+    event_types: frozenset[str]
+
+    def event_type(self, payload: dict[str, Any]) -> str | None:
+        value = payload.get(self.event_type_field)
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+_INSTANTLY_TYPES = (
+    "reply_received", "auto_reply_received", "email_sent", "email_opened", "email_bounced",
+    "link_clicked", "email_link_clicked", "lead_interested", "lead_not_interested",
+    "lead_neutral", "lead_meeting_booked", "lead_meeting_completed", "lead_closed",
+    "lead_out_of_office", "lead_wrong_person", "lead_unsubscribed", "campaign_completed",
+    "account_error",
+)  # fmt: skip
+_CALCOM_TYPES = (
+    "BOOKING_CREATED", "BOOKING_RESCHEDULED", "BOOKING_CANCELLED", "BOOKING_REQUESTED",
+    "BOOKING_REJECTED", "BOOKING_PAID", "MEETING_STARTED", "MEETING_ENDED",
+)  # fmt: skip
+INSTANTLY = Provider("instantly", "event_type", frozenset(_INSTANTLY_TYPES))
+CALCOM = Provider("calcom", "triggerEvent", frozenset(_CALCOM_TYPES))
+PROVIDERS: dict[str, Provider] = {provider.name: provider for provider in (INSTANTLY, CALCOM)}
+
+# Instantly sends lead custom variables as top-level keys, and a lead variable named
+# `campaign_id` overwrites Instantly's own: `campaign` always holds the real id, so it wins.
+INSTANTLY_CAMPAIGN_FIELDS = ("campaign", "campaign_id")
+
+
+def metric_labels(provider: str, event_type: str) -> tuple[str, str]:
+    """(provider, event_type) label values, undocumented ones folded."""
+    known = PROVIDERS.get(provider)
+    if known is None:
+        return "unknown", "other"
+    return provider, event_type if event_type in known.event_types else "other"

@@ -1,0 +1,259 @@
+"""The queue: everything that happens to a queued message, and the only code that touches it.
+
+A message's life, from the receiver's 202 to the worker's commit:
+
+1. Built. The receiver wraps the event's envelope in a Celery task message (`message.build`)
+   whose task id is the event id. Everything below finds an event by that one id.
+2. Claimed and queued. One Lua script (`Claimer`) claims the idempotency key, pushes the
+   message onto the `webhooks` list and records it in flight (`crm:inflight`, due a visibility
+   timeout later) — atomically, so no key is ever claimed for an event that is not queued.
+   Concurrent deliveries share one Redis round trip (`pipelined.PipelinedScript`). A replay
+   (`enqueue`) queues and records a stored envelope the same way, without a key.
+3. Taken. Celery's consumer pops one message for a task; under a backlog that task also takes
+   up to `WORKER_BATCH_SIZE` - 1 more straight off the list (`take`), holding them by moving
+   their due time a visibility timeout on (Celery's pop and its unacked mark are two commands,
+   and a batch is not in Celery's unacked store at all: the in-flight record covers both).
+4. Finished. Once the event's outcome (processed, ignored, dead letter) is committed the worker
+   forgets it (`forget`); Celery acknowledges its own message when the task returns.
+5. Queued again (`requeue`): a transient failure is retried as a new message with one retry
+   more, due after a backoff; an event whose dead letter could not be written is given back
+   as it was. Either way the in-flight record then holds the new message.
+6. Swept. Every worker periodically queues again whatever is past due in the in-flight record
+   (`sweep`): a message whose holder died. A copy of an event that was in fact committed is
+   harmless: the worker's durable guard (the unique webhook_events row) makes it a no-op.
+
+The delivery policy — what is retried, when an event is dead-lettered — lives in
+worker/delivery.py; this package only moves messages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+import redis.asyncio as aioredis
+
+from common.envelope import Envelope
+from common.queue import message
+from common.queue.message import QUEUE_NAME, TASK_NAME, QueuedTask
+from common.queue.pipelined import Arg, PipelinedScript
+
+__all__ = [
+    "QUEUE_NAME",
+    "TASK_NAME",
+    "Claimer",
+    "InFlight",
+    "QueueDepth",
+    "QueuedTask",
+    "depth",
+    "enqueue",
+    "forget",
+    "in_flight",
+    "message",
+    "queued_envelope",
+    "requeue",
+    "sweep",
+    "take",
+]
+
+IDEMPOTENCY_PREFIX = "crm:idem:"
+INFLIGHT_KEY = "crm:inflight"  # event id -> the message that carries it
+DUE_KEY = "crm:inflight:due"  # event id -> when the sweep queues it again (Unix seconds)
+UNACKED_KEY = "unacked"  # kombu's: messages Celery delivered and has not acknowledged
+
+# KEYS: idempotency key, queue, in-flight messages, due times. ARGV: event id, message, key
+# ttl, grace. The first delivery's event id on a repeat; nothing when it claimed and queued.
+_CLAIM_AND_ENQUEUE = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(ARGV[4]), ARGV[1])
+return false
+"""
+
+# KEYS: in-flight messages, due times, queue. ARGV: now, grace, most to queue. Atomic, so two
+# workers sweeping at once never queue one event twice; each one queued is due again later.
+_SWEEP = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local queued = redis.call('HGET', KEYS[1], id)
+  if queued then
+    redis.call('LPUSH', KEYS[3], queued)
+    redis.call('ZADD', KEYS[2], ARGV[1] + ARGV[2], id)
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return #ids
+"""
+
+
+def idempotency_key(provider: str, key: str) -> str:
+    return f"{IDEMPOTENCY_PREFIX}{provider}:{key}"
+
+
+class Claimer:
+    """The receiver's side: claim a delivery's idempotency key and queue its event, atomically."""
+
+    def __init__(self, client: aioredis.Redis, *, ttl_seconds: int, grace_seconds: int) -> None:
+        self._client = client
+        self._script = PipelinedScript(client, _CLAIM_AND_ENQUEUE)
+        self._ttl = ttl_seconds
+        self._grace = grace_seconds
+
+    async def claim_and_enqueue(self, envelope: Envelope) -> str | None:
+        """None when this delivery was queued; the first delivery's event id on a repeat."""
+        keys: list[Arg] = [
+            idempotency_key(envelope.provider, envelope.idempotency_key),
+            QUEUE_NAME,
+            INFLIGHT_KEY,
+            DUE_KEY,
+        ]
+        args: list[Arg] = [envelope.event_id, message.build(envelope), self._ttl, self._grace]
+        first = await self._script(keys=keys, args=args)
+        if first is None:
+            return None
+        first_id = _text(first)
+        # A retried call whose first attempt ran (its reply lost) finds its own claim.
+        return None if first_id == envelope.event_id else first_id
+
+    async def claimed_by(self, envelope: Envelope) -> str | None:
+        """The event id holding this delivery's key, if any: after a lost reply, whether the
+        script ran."""
+        key = idempotency_key(envelope.provider, envelope.idempotency_key)
+        claimed = await self._client.get(key)
+        return None if claimed is None else _text(claimed)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _queue_and_record(client: redis.Redis, raw: bytes, event_id: str, due: float) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.lpush(QUEUE_NAME, raw)
+    pipe.hset(INFLIGHT_KEY, event_id, raw)
+    pipe.zadd(DUE_KEY, {event_id: due})
+    pipe.execute()
+
+
+def enqueue(client: redis.Redis, envelope: Envelope, *, grace_seconds: int) -> None:
+    """Queue an envelope without claiming its key: a replay of a dead letter."""
+    _queue_and_record(
+        client, message.build(envelope), envelope.event_id, time.time() + grace_seconds
+    )
+
+
+def requeue(
+    client: redis.Redis, task: QueuedTask, *, retries: int, countdown: float, grace_seconds: int
+) -> None:
+    """Queue a task again — a retry or a give-back, whether Celery handed it over or the task
+    took it — and let its in-flight record hold the new message, due once the countdown and
+    a visibility timeout have passed."""
+    raw = message.again(task, retries=retries, countdown=countdown)
+    _queue_and_record(client, raw, task.task_id, time.time() + countdown + grace_seconds)
+
+
+def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTask]:
+    """Up to `limit` more queued tasks, oldest first, straight off the list, held for
+    `hold_seconds`. What is not for a batch now (another task, a retry whose countdown still
+    runs, an unreadable message) goes back to the consuming end at once, for Celery."""
+    if limit < 1:
+        return []
+    popped: list[bytes] = client.rpop(QUEUE_NAME, limit) or []  # type: ignore[assignment]
+    now = datetime.now(UTC)
+    taken: list[QueuedTask] = []
+    others: list[bytes] = []
+    for raw in popped:
+        try:
+            task = message.read(raw)
+        except ValueError:
+            others.append(raw)
+            continue
+        if task.task_name != TASK_NAME or (task.eta is not None and task.eta > now):
+            others.append(raw)
+        else:
+            taken.append(task)
+    pipe = client.pipeline(transaction=False)
+    if others:
+        # RPUSH in reverse: the consuming end (right) gets them back in their queue order.
+        pipe.rpush(QUEUE_NAME, *reversed(others))
+    if taken:
+        due = time.time() + hold_seconds
+        pipe.zadd(DUE_KEY, dict.fromkeys((task.task_id for task in taken), due), xx=True)
+    pipe.execute()
+    return taken
+
+
+def forget(client: redis.Redis, *event_ids: str) -> None:
+    """The events' outcomes are committed: no more looking after. Not a transaction: a due
+    time left without its message is dropped by the next sweep."""
+    if event_ids:
+        pipe = client.pipeline(transaction=False)
+        pipe.hdel(INFLIGHT_KEY, *event_ids)
+        pipe.zrem(DUE_KEY, *event_ids)
+        pipe.execute()
+
+
+def sweep(client: redis.Redis, *, grace_seconds: int, batch: int = 500) -> int:
+    """Queue again every event past due; how many were queued."""
+    script = client.register_script(_SWEEP)
+    keys = [INFLIGHT_KEY, DUE_KEY, QUEUE_NAME]
+    return int(script(keys=keys, args=[time.time(), grace_seconds, batch]))
+
+
+@dataclass(frozen=True)
+class InFlight:
+    count: int  # accepted events not yet committed
+    overdue: int  # of those, past due: their holder died (or the sweep has not run yet)
+
+
+def in_flight(client: redis.Redis) -> InFlight:
+    pipe = client.pipeline(transaction=False)
+    pipe.hlen(INFLIGHT_KEY)
+    pipe.zcount(DUE_KEY, "-inf", time.time())
+    count, overdue = pipe.execute()
+    return InFlight(int(count), int(overdue))
+
+
+async def queued_envelope(client: aioredis.Redis, event_id: str) -> Envelope | None:
+    """The envelope of an event that is accepted but not yet committed, from its in-flight
+    record; None when there is none (never queued, or finished)."""
+    raw = await client.hget(INFLIGHT_KEY, event_id)
+    if raw is None:
+        return None
+    try:
+        return Envelope.from_dict(message.read(_text(raw).encode()).envelope)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    waiting: int  # messages on the list
+    unacked: int  # delivered by Celery, not yet acknowledged
+    oldest_age_seconds: float  # of the message at the consuming end; 0 when empty
+
+
+async def depth(client: aioredis.Redis) -> QueueDepth:
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(QUEUE_NAME)
+    pipe.hlen(UNACKED_KEY)
+    pipe.lindex(QUEUE_NAME, -1)
+    waiting, unacked, oldest = await pipe.execute()
+    return QueueDepth(int(waiting), int(unacked), _age(oldest))
+
+
+def _age(raw: bytes | None) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        received = Envelope.from_dict(message.read(raw).envelope).received_at
+        return max(0.0, (datetime.now(UTC) - datetime.fromisoformat(received)).total_seconds())
+    except ValueError:
+        return 0.0
