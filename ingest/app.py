@@ -4,6 +4,7 @@ parse → claim the idempotency key and enqueue (common.queue, one atomic script
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -192,6 +193,15 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, "Internal error")
 
 
+def _settle_garbage_collector() -> None:
+    # What start-up built lives as long as the process: out of the collector's sight, and a
+    # young generation of 50,000 objects instead of 700, a delivery costs ~11 % less CPU
+    # (interleaved A/B runs, bench/README.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _redis(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
@@ -221,6 +231,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ttl_seconds=resolved.idempotency_ttl_seconds,
             grace_seconds=resolved.broker_visibility_timeout,
         )
+        _settle_garbage_collector()
         try:
             yield
         finally:
