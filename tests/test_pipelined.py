@@ -132,12 +132,12 @@ def test_a_failed_reload_keeps_the_replies_of_the_calls_that_did_run(
     limited = url.replace("redis://", "redis://no-script-load:pw@")
 
     class FlushedMidway(PipelinedScript):
-        async def _pipeline(self, calls: list[Any]) -> list[Any]:
+        async def pipeline(self, calls: list[Any]) -> list[Any]:
             if len(calls) < 2:
-                return await super()._pipeline(calls)
-            first = await super()._pipeline(calls[:1])
+                return await super().pipeline(calls)
+            first = await super().pipeline(calls[:1])
             admin.script_flush()
-            return [*first, *await super()._pipeline(calls[1:])]
+            return [*first, *await super().pipeline(calls[1:])]
 
     async def main() -> list[Any]:
         client = aioredis.Redis.from_url(limited, socket_timeout=2)

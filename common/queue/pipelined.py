@@ -81,21 +81,22 @@ class PipelinedScript:
                 call.future.set_result(reply)
 
     async def _replies(self, calls: list[_Call]) -> list[Any]:
-        replies = await self._pipeline(calls)
+        replies = await self.pipeline(calls)
         # Redis restarted or its script cache was flushed: the script did not run for these,
         # so loading it and sending them again runs each exactly once.
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             try:
                 await self._client.script_load(self._source)
-                again: list[Any] = await self._pipeline([calls[i] for i in missing])
+                again: list[Any] = await self.pipeline([calls[i] for i in missing])
             except Exception as exc:  # the calls that did run keep their own replies
                 again = [exc] * len(missing)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+    async def pipeline(self, calls: list[_Call]) -> list[Any]:
+        """One trip: every call's EVALSHA in one pipeline, a reply (or an error) for each."""
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
