@@ -50,7 +50,7 @@ async def naive_receiver(request: Request) -> Response:
     if not authentic("instantly", request.headers, body, settings):
         return JSONResponse({"error": "Missing or invalid signature"}, status_code=401)
     payload = json.loads(body)
-    key = derive_key("instantly", request.headers, payload, body)
+    key = derive_key("instantly", request.headers, payload)
     event_id = new_event_id()
     client: aioredis.Redis = request.app.state.redis
     if not await client.set(f"bench:naive:{key}", event_id, nx=True, ex=600):

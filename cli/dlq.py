@@ -91,10 +91,12 @@ def _replay(args: argparse.Namespace, replayer: Replayer, filters: dead_letters.
         line = f"[{position}/{len(ids)}] dead letter {outcome.dead_letter_id}: {outcome.status}"
         print(f"{line} {outcome.detail}".rstrip(), flush=True)
 
-    counts = replayer.replay_many(ids, progress)
-    print(f"replayed {counts['replayed']}, skipped {counts['skipped']}, failed {counts['failed']}")
+    summary = replayer.replay_many(ids, progress)
+    print(f"replayed {summary.replayed}, skipped {summary.skipped}, failed {summary.failed}")
+    for failure in summary.failures:
+        print(f"crm-dlq: dead letter {failure['id']} failed: {failure['reason']}", file=sys.stderr)
     # Named IDs that were not there are a failure of the request; --all matched what exists.
-    return 1 if counts["failed"] or (args.ids and counts["skipped"]) else 0
+    return 1 if summary.failed or (args.ids and summary.skipped) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

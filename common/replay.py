@@ -4,6 +4,7 @@ a replay of an event that meanwhile succeeded a no-op, so replaying twice is saf
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from common.envelope import Envelope, EnvelopeError
 from db import dead_letters
 from db.tables import DEAD_LETTER_STATUSES
 
+logger = logging.getLogger("crm.replay")
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -27,6 +30,14 @@ class Outcome:
     detail: str = ""
     # False when trying again cannot help (the stored envelope itself is unusable).
     retryable: bool = True
+
+
+@dataclass(frozen=True)
+class Summary:
+    replayed: int
+    skipped: int
+    failed: int
+    failures: list[dict[str, object]]  # {"id": dead letter id, "reason": why it failed}
 
 
 class Replayer:
@@ -52,6 +63,11 @@ class Replayer:
             return Outcome(dead_letter_id, "failed", detail, retryable=False)
         except (RedisError, SQLAlchemyError) as exc:
             return Outcome(dead_letter_id, "failed", f"{type(exc).__name__}: service unavailable")
+        except Exception as exc:
+            # One row that cannot be replayed never stops the others; the log has the trace.
+            logger.exception("dead letter %d could not be replayed", dead_letter_id)
+            detail = f"{type(exc).__name__}: could not be queued"
+            return Outcome(dead_letter_id, "failed", detail, retryable=False)
         return Outcome(dead_letter_id, "replayed", envelope.event_id)
 
     def matching(self, filters: dead_letters.Filters) -> list[int]:
@@ -60,15 +76,18 @@ class Replayer:
 
     def replay_many(
         self, ids: list[int], progress: Callable[[int, Outcome], None] | None = None
-    ) -> Counter[str]:
-        """Replay each in turn; the count of outcomes by status."""
+    ) -> Summary:
+        """Replay each in turn, whatever happens to the others."""
         counts: Counter[str] = Counter({"replayed": 0, "skipped": 0, "failed": 0})
+        failures: list[dict[str, object]] = []
         for position, dead_letter_id in enumerate(ids, start=1):
             outcome = self.replay_one(dead_letter_id)
             counts[outcome.status] += 1
+            if outcome.status == "failed":
+                failures.append({"id": dead_letter_id, "reason": outcome.detail})
             if progress is not None:
                 progress(position, outcome)
-        return counts
+        return Summary(counts["replayed"], counts["skipped"], counts["failed"], failures)
 
 
 MAX_LIMIT = 1000

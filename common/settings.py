@@ -22,6 +22,8 @@ _PLACEHOLDERS = frozenset(
 )
 _DEV_PREFIX = "dev-"
 _MIN_JWT_SECRET_BYTES = 32
+# A shared secret anyone could guess by trying: HMAC keys and bearer secrets need length.
+_MIN_WEBHOOK_SECRET_CHARS = 16
 
 
 class SettingsError(ValueError):
@@ -272,6 +274,10 @@ def _validate(settings: Settings) -> None:
     for name, secrets in lists.items():
         if not secrets or any(secret.is_placeholder() for secret in secrets):
             raise SettingsError(f"{name} is missing or holds a placeholder; set a real secret")
+        if any(len(secret.get()) < _MIN_WEBHOOK_SECRET_CHARS for secret in secrets):
+            raise SettingsError(
+                f"{name}: every secret must be at least {_MIN_WEBHOOK_SECRET_CHARS} characters"
+            )
 
 
 @lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -141,9 +142,9 @@ async def replay_matching(request: Request) -> Response:
         return error(503, "Database unavailable, retry later")
     if dry_run:
         return JSONResponse({"matched": len(ids), "replayed": 0, "dry_run": True, "ids": ids})
-    counts = await run_in_threadpool(replayer.replay_many, ids)
+    summary = await run_in_threadpool(replayer.replay_many, ids)
     return JSONResponse(
-        {"matched": len(ids), "dry_run": False, "ids": ids, **counts}, status_code=202
+        {"matched": len(ids), "dry_run": False, "ids": ids, **asdict(summary)}, status_code=202
     )
 
 

@@ -11,7 +11,6 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisError
@@ -22,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common import jsonexact
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
 from common.providers import PROVIDERS
@@ -54,18 +54,31 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _has_nul(value: object) -> bool:
+# Deeper payloads cannot be queued (the queue message nests the payload a few levels further).
+MAX_NESTING = 250
+
+
+def _unstorable(payload: object, body: bytes) -> str | None:
+    """Why the payload could not be queued and stored, if it could not: a NUL character
+    (PostgreSQL text and jsonb cannot hold U+0000) or nesting deeper than MAX_NESTING. The
+    walk is skipped when the raw body shows neither is possible."""
+    look_for_nul = b"\\u0000" in body
+    if not look_for_nul and body.count(b"[") + body.count(b"{") <= MAX_NESTING:
+        return None
     # A loop, not recursion: the parser accepts nesting deeper than Python's recursion limit.
-    pending = [value]
+    too_deep = False
+    pending: list[tuple[object, int]] = [(payload, 1)]
     while pending:
-        item = pending.pop()
-        if isinstance(item, str) and "\x00" in item:
-            return True
+        item, depth = pending.pop()
+        too_deep = too_deep or depth > MAX_NESTING
+        if look_for_nul and isinstance(item, str) and "\x00" in item:
+            return "Body contains a NUL character (\\u0000), which cannot be stored"
         if isinstance(item, dict):
-            pending += [*item.keys(), *item.values()]
+            pending += [(key, depth) for key in item]
+            pending += [(value, depth + 1) for value in item.values()]
         elif isinstance(item, list):
-            pending += item
-    return False
+            pending += [(value, depth + 1) for value in item]
+    return "Body is nested too deeply" if too_deep else None
 
 
 def _may_have_run(exc: RedisError) -> bool:
@@ -117,19 +130,20 @@ async def receive_webhook(request: Request) -> Response:
         logger.warning("DEV_SIGNATURE_BYPASS let an unauthenticated %s delivery in", provider.name)
 
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:  # also invalid UTF-8
+        payload = jsonexact.loads(body)
+    except ValueError:  # also invalid UTF-8
         return error(400, "Body is not valid UTF-8 JSON")
     if not isinstance(payload, dict):
         return error(400, "Body must be a JSON object")
-    # PostgreSQL text and jsonb cannot hold U+0000: refuse now rather than dead-letter later.
-    if b"\\u0000" in body and _has_nul(payload):
-        return error(400, "Body contains a NUL character (\\u0000), which cannot be stored")
+    # Refused now rather than dead-lettered later.
+    problem = _unstorable(payload, body)
+    if problem is not None:
+        return error(400, problem)
     event_type = provider.event_type(payload)
     if event_type is None:
         return error(400, f"No event type: '{provider.event_type_field}' is missing or empty")
     try:
-        key = derive_key(provider.name, request.headers, payload, body)
+        key = derive_key(provider.name, request.headers, payload)
     except InvalidIdempotencyKey as exc:
         return error(400, str(exc))
 
@@ -146,8 +160,6 @@ async def receive_webhook(request: Request) -> Response:
     try:
         first = await claimer.claim_and_enqueue(envelope)
         _fault(settings, "exit_after_enqueue")
-    except orjson.JSONEncodeError:  # the queue message is built before Redis is touched
-        return error(400, "Body is nested too deeply")
     except RedisError as exc:
         if _may_have_run(exc) and await _queued_anyway(claimer, envelope):
             return _queued(envelope)

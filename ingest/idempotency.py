@@ -44,10 +44,12 @@ def _calcom_fingerprint(payload: dict[str, Any]) -> list[str]:
 _FINGERPRINTS = {"instantly": _instantly_fingerprint, "calcom": _calcom_fingerprint}
 
 
-def derive_key(provider: str, headers: Headers, payload: dict[str, Any], body: bytes) -> str:
+def derive_key(provider: str, headers: Headers, payload: dict[str, Any]) -> str:
     """`Idempotency-Key` header, else the payload's `idempotency_key`, else a SHA-256 over the
-    fields that identify one delivery of one event — or over the whole body when none of them
-    is there beyond the event type, so unrelated events never share a key."""
+    fields that identify one delivery of one event — or over the whole payload when none of
+    them is there beyond the event type, so unrelated events never share a key. The payload
+    is hashed in a canonical form (keys sorted, no spaces), so a repeat sent with other
+    whitespace or key order is still a repeat."""
     explicit = headers.get("idempotency-key")
     if explicit is None and "idempotency_key" in payload:
         explicit = payload["idempotency_key"]
@@ -62,7 +64,8 @@ def derive_key(provider: str, headers: Headers, payload: dict[str, Any], body: b
         return explicit
     fields = _FINGERPRINTS[provider](payload)
     if not any(fields[1:]):
-        return "sha256-body:" + hashlib.sha256(body).hexdigest()
+        canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return "sha256-payload:" + hashlib.sha256(canonical.encode()).hexdigest()
     # Keys already issued depend on these exact bytes: json.dumps, compact separators.
     fingerprint = json.dumps(fields, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(fingerprint).hexdigest()

@@ -120,12 +120,14 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "ReplayFilters": _object(*_FILTERS, "dry_run", **_FILTERS, dry_run={"type": "boolean"}),
     "Replayed": _object(status={"const": "replayed"}, dead_letter_id=_INT, event_id=_UUID),
-    "ReplayResult": _object(  # skipped and failed: not on a dry run
+    "ReplayResult": _object(  # skipped, failed and failures: not on a dry run
         "skipped",
         "failed",
+        "failures",
         **dict.fromkeys(["matched", "replayed", "skipped", "failed"], _COUNT),
         dry_run={"type": "boolean"},
         ids={"type": "array", "items": _INT},
+        failures={"type": "array", "items": _object(id=_INT, reason=_TEXT)},
     ),
 }
 

@@ -21,7 +21,7 @@ def test_an_instantly_reply_keys_on_its_identifying_fields_as_it_always_has() ->
     ]  # fmt: skip
     expected = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
-    key = derive_key("instantly", Headers({}), body, json.dumps(body).encode())
+    key = derive_key("instantly", Headers({}), body)
 
     assert key == f"sha256:{expected}"
 
@@ -45,10 +45,22 @@ def test_every_kind_of_character_keys_as_json_dumps_would(email: str) -> None:
     ]  # fmt: skip
     expected = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
-    assert derive_key("instantly", Headers({}), body, b"{}") == f"sha256:{expected}"
+    assert derive_key("instantly", Headers({}), body) == f"sha256:{expected}"
 
 
 def test_an_explicit_key_wins_over_the_fingerprint() -> None:
     body = reply()
     headers = Headers({"Idempotency-Key": "  sender-key-1 "})
-    assert derive_key("instantly", headers, body, b"{}") == "sender-key-1"
+    assert derive_key("instantly", headers, body) == "sender-key-1"
+
+
+def test_a_booking_without_uid_keys_on_its_content_not_its_key_order() -> None:
+    booking = {"triggerEvent": "BOOKING_CREATED", "payload": {"title": "Intro", "n": 1}}
+    reordered = {"payload": {"n": 1, "title": "Intro"}, "triggerEvent": "BOOKING_CREATED"}
+    other = {"triggerEvent": "BOOKING_CREATED", "payload": {"title": "Intro", "n": 2}}
+
+    key = derive_key("calcom", Headers({}), booking)
+
+    assert key.startswith("sha256-payload:")
+    assert derive_key("calcom", Headers({}), reordered) == key
+    assert derive_key("calcom", Headers({}), other) != key

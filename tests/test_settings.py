@@ -153,3 +153,17 @@ def test_production_refuses_a_short_jwt_secret() -> None:
     message = _refused(PRODUCTION | {"JWT_SECRET": "only-twenty-bytes-xx"})
     assert "JWT_SECRET" in message
     assert "only-twenty-bytes-xx" not in message
+
+
+@pytest.mark.parametrize("name", ["HMAC_SHARED_SECRET_INSTANTLY", "HMAC_SHARED_SECRET_CALCOM"])
+@pytest.mark.parametrize("short", ["x", "Kf82hsQm1Lz0Xc7"])
+def test_production_refuses_a_webhook_secret_under_16_characters(name: str, short: str) -> None:
+    message = _refused(PRODUCTION | {name: f"Mz6Rt2Yw9Qa3Ls7Dp,{short}"})
+    assert name in message
+    assert "16" in message
+    assert short not in message
+
+
+def test_development_accepts_short_webhook_secrets() -> None:
+    settings = load_settings({"HMAC_SHARED_SECRET_INSTANTLY": "x"})
+    assert [secret.get() for secret in settings.hmac_secrets_instantly] == ["x"]

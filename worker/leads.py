@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,13 +76,37 @@ def checked_email(email: str | None, where: str) -> str:
     return email
 
 
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def host_name(value: str | None) -> str | None:
+    """`value` as a lower-case DNS host name with at least two labels, or None when it is not
+    one (over 253 characters, an empty or over-long label, a character outside a host name):
+    a company is keyed by it, and a lead is never lost over a bad one."""
+    if not value:
+        return None
+    host = value.lower().rstrip(".")
+    try:
+        ascii_host = host.encode("idna").decode()  # an internationalised name as DNS sends it
+    except UnicodeError:
+        return None
+    labels = ascii_host.split(".")
+    if len(ascii_host) > 253 or len(labels) < 2:
+        return None
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    return host
+
+
 def _website_domain(website: str | None) -> str | None:
     if website is None:
         return None
-    host = urlsplit(website if "//" in website else f"//{website}").hostname
-    if not host or "." not in host:
+    try:
+        host = urlsplit(website if "//" in website else f"//{website}").hostname
+    except ValueError:  # e.g. an unbalanced '[' taken for an IPv6 address
         return None
-    return host.lower().removeprefix("www.")
+    domain = host_name(host)
+    return domain.removeprefix("www.") if domain else None
 
 
 def make_lead(
@@ -93,7 +118,7 @@ def make_lead(
     website: str | None = None,
 ) -> Lead:
     """A lead whose company is named by its website, else by a non-free-mail e-mail domain."""
-    email_domain = email.rpartition("@")[2].lower()
+    email_domain = host_name(email.rpartition("@")[2])
     domain = _website_domain(website)
     if domain is None and email_domain not in FREE_MAIL_DOMAINS:
         domain = email_domain

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-import orjson
 from celery import Celery
 
+from common import jsonexact
 from common.envelope import Envelope, describe
 
 QUEUE_NAME = "webhooks"
@@ -79,8 +79,8 @@ def render(task: QueuedTask) -> bytes:
         "correlation_id": task.task_id,
         "delivery_tag": str(uuid.uuid4()),
     }
-    body = orjson.dumps([[task.envelope], {}, template.embed]).decode()
-    return orjson.dumps(
+    body = jsonexact.dumps([[task.envelope], {}, template.embed]).decode()
+    return jsonexact.dumps(
         {
             "body": body,
             "content-encoding": "utf-8",
@@ -110,12 +110,12 @@ def read(raw: bytes) -> QueuedTask:
     """A message as Celery's worker would decode it, ours (body as is) and Celery's own (body in
     base64) alike; ValueError if it is not a task message."""
     try:
-        message = orjson.loads(raw)
+        message = jsonexact.loads(raw)
         headers = message["headers"]
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        args = orjson.loads(body)[0]
+        args = jsonexact.loads(body if isinstance(body, bytes) else body.encode())[0]
         eta = headers.get("eta")
         when = datetime.fromisoformat(eta) if eta else None
         return QueuedTask(
@@ -125,5 +125,5 @@ def read(raw: bytes) -> QueuedTask:
             task_name=str(headers["task"]),
             eta=when.replace(tzinfo=UTC) if when and when.tzinfo is None else when,
         )
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"not a task message: {type(exc).__name__}") from None

@@ -467,3 +467,73 @@ def test_replaying_a_dead_letter_whose_envelope_is_unusable_is_422(
 def test_a_dead_letter_id_of_non_ascii_digits_is_404(stack: str, reader_token: str) -> None:
     response = httpx.get(f"{stack}/admin/dead-letters/%C2%B2", headers=auth(reader_token))
     assert response.status_code == 404
+
+
+BIG = 123456789012345678901234567890  # beyond 64 bits
+
+
+def _insert_unusable_dead_letter(engine: Engine) -> int:
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "INSERT INTO dead_letters (event_id, provider, event_type, envelope, reason,"
+                    " error_class, error_message) VALUES (gen_random_uuid(), 'unknown', 'unknown',"
+                    " '{\"raw\": [1]}', 'invalid_payload', 'InvalidPayload', 'malformed')"
+                    " RETURNING id"
+                )
+            ).scalar_one()
+        )
+
+
+def test_integers_beyond_64_bits_are_kept_exact_and_replayable(
+    stack: str, superuser_engine: Engine, admin_token: str, stack_env: dict[str, str]
+) -> None:
+    # No lead e-mail: each is dead-lettered as invalid_payload, and again after every replay.
+    big = post(stack, reply(lead_email=None, email=None, email_id="big", lead_score=BIG))
+    letter_id = wait_dead_letter(superuser_engine, big)["id"]
+    stored = "SELECT envelope->'payload'->>'lead_score' FROM dead_letters WHERE id = :id"
+    assert scalar(superuser_engine, stored, id=letter_id) == str(BIG)
+    event = "SELECT payload->>'lead_score' FROM webhook_events WHERE id = :id"
+    assert scalar(superuser_engine, event, id=big) == str(BIG)
+
+    one = httpx.post(f"{stack}/admin/dead-letters/{letter_id}/replay", headers=auth(admin_token))
+    assert one.status_code == 202, one.text
+    wait_for(
+        lambda: scalar(superuser_engine, "SELECT attempts FROM dead_letters") == 2,
+        timeout=30,
+        message="the replayed event did not fail again",
+    )
+    cli = crm_dlq(stack_env, "replay", str(letter_id))
+    assert cli.returncode == 0, cli.stderr
+    assert "replayed 1, skipped 0, failed 0" in cli.stdout
+    wait_for(
+        lambda: scalar(superuser_engine, "SELECT attempts FROM dead_letters") == 3,
+        timeout=30,
+        message="the event replayed by crm-dlq did not fail again",
+    )
+    assert scalar(superuser_engine, stored, id=letter_id) == str(BIG)
+
+
+def test_a_bulk_replay_goes_past_a_row_it_cannot_replay_and_names_it(
+    stack: str, superuser_engine: Engine, admin_token: str, stack_env: dict[str, str]
+) -> None:
+    events = [
+        post(stack, reply(lead_email=None, email=None, email_id=f"bulk-{i}", lead_score=BIG + i))
+        for i in range(2)
+    ]
+    first = wait_dead_letter(superuser_engine, events[0])["id"]
+    unusable = _insert_unusable_dead_letter(superuser_engine)
+    last = wait_dead_letter(superuser_engine, events[1])["id"]
+
+    bulk = httpx.post(f"{stack}/admin/dead-letters/replay", json={}, headers=auth(admin_token))
+
+    assert bulk.status_code == 202, bulk.text
+    body = bulk.json()
+    assert (body["matched"], body["replayed"], body["skipped"], body["failed"]) == (3, 2, 0, 1)
+    assert [failure["id"] for failure in body["failures"]] == [unusable]
+    assert "cannot be queued" in body["failures"][0]["reason"]
+    assert sorted(body["ids"]) == sorted([first, unusable, last])
+    cli = crm_dlq(stack_env, "replay", "--all")
+    assert cli.returncode == 1
+    assert f"dead letter {unusable} failed" in cli.stderr

@@ -4,6 +4,7 @@ deals only move forward, one deal per lead, do-not-contact is for good."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
@@ -290,3 +291,17 @@ def test_calcom_deliveries_without_a_uid_do_not_share_a_key(
     responses = [post_calcom(stack, body) for body in (first, second, first)]
     assert [r.status_code for r in responses] == [202, 202, 409]
     wait_processed(superuser_engine, [r.json()["event_id"] for r in responses[:2]])
+
+
+def test_a_calcom_delivery_without_a_uid_resent_with_other_whitespace_is_409(stack: str) -> None:
+    # The repeat is the same booking, serialised with other whitespace and key order.
+    body = fixture("calcom", "booking_created")
+    del body["payload"]["uid"]
+    compact = json.dumps(body, separators=(",", ":")).encode()
+    spaced = json.dumps(dict(reversed(body.items())), indent=2).encode()
+    answers = [
+        httpx.post(f"{stack}/webhooks/calcom", content=raw, headers=calcom_headers(raw))
+        for raw in (compact, spaced)
+    ]
+    assert [answer.status_code for answer in answers] == [202, 409]
+    assert answers[1].json()["event_id"] == answers[0].json()["event_id"]

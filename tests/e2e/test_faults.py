@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -383,3 +384,58 @@ def test_same_envelope_queued_three_times_while_a_worker_is_mid_transaction(
     )
     assert_exactly_once(superuser_engine, 1)
     assert scalar(superuser_engine, "SELECT attempts FROM webhook_events") == 1
+
+
+def test_no_log_line_carries_a_payload_value_through_retries_dead_letter_and_replay(
+    isolated: IsolatedStack, superuser_engine: Engine
+) -> None:
+    # Values only these deliveries carry; none may reach any log line or CLI output.
+    secrets = [f"leak{i}.{os.getpid()}@leaky.example.com" for i in range(3)]
+    texts = [f"Private reply text {i} {os.getpid()}" for i in range(3)]
+    proxy = TcpProxy(free_port(), ("127.0.0.1", 5432))  # PostgreSQL refused until opened
+    receiver, url = isolated.receiver()
+    worker = isolated.worker(
+        concurrency=2, PG_PORT=str(proxy.port), TASK_RETRY_BACKOFF_MAX="1", WORKER_BATCH_SIZE="5"
+    )
+    try:
+        bodies = [
+            reply(secrets[i], reply_text=texts[i], reply_text_snippet=texts[i], email_id=f"l{i}")
+            for i in range(2)
+        ]
+        # No e-mail at all: dead-lettered once PostgreSQL answers, then replayed.
+        bodies.append(reply(lead_email=None, email=None, reply_text=texts[2], firstName=secrets[2]))
+        for body in bodies:
+            raw = encode(body)
+            response = httpx.post(
+                f"{url}/webhooks/instantly", content=raw, headers=signed_headers(raw)
+            )
+            assert response.status_code == 202
+        wait_for(
+            lambda: worker.output().count("retrying in") >= 4,
+            timeout=60,
+            message="the worker did not retry while PostgreSQL refused",
+        )
+        proxy.open()
+        wait_for(
+            lambda: (
+                scalar(superuser_engine, "SELECT count(*) FROM dead_letters") == 1
+                and scalar(superuser_engine, "SELECT count(*) FROM deals") == 2
+            ),
+            timeout=60,
+            message="the events were not processed and dead-lettered",
+        )
+        replayed = subprocess.run(
+            [str(Path(sys.executable).with_name("crm-dlq")), "replay", "--all"],
+            env=isolated.env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert replayed.returncode == 0, replayed.stderr
+        wait_for(
+            lambda: scalar(superuser_engine, "SELECT attempts FROM dead_letters") >= 2,
+            timeout=60,
+            message="the replayed event was not dead-lettered again",
+        )
+    finally:
+        proxy.close()
+    logs = worker.output() + receiver.output() + replayed.stdout + replayed.stderr
+    leaked = [value for value in [*secrets, *texts] if value.lower() in logs.lower()]
+    assert leaked == [], leaked

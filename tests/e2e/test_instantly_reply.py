@@ -262,6 +262,26 @@ def test_free_mail_lead_gets_no_company(stack: str, superuser_engine: Engine) ->
     assert scalar(superuser_engine, "SELECT company_id FROM contacts") is None
 
 
+@pytest.mark.parametrize(
+    "website",
+    [f"https://{'a' * 6000}.com", "http://a..b.com/", "https://-bad-.com", "http://ex ample.com"],
+    ids=["6000-char-host", "empty-label", "hyphen-edges", "space"],
+)
+def test_a_website_that_is_no_host_name_costs_the_company_not_the_lead(
+    stack: str, superuser_engine: Engine, website: str
+) -> None:
+    response = post(stack, reply("someone@gmail.com", companyName="Acme", website=website))
+    assert response.status_code == 202
+    event_id = response.json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    assert scalar(superuser_engine, "SELECT status FROM webhook_events") == "processed"
+    assert scalar(superuser_engine, "SELECT count(*) FROM dead_letters") == 0
+    assert scalar(superuser_engine, "SELECT count(*) FROM companies") == 0
+    assert counts(superuser_engine) == {
+        "contacts": 1, "deals": 1, "activities": 1, "webhook_events": 1,
+    }  # fmt: skip
+
+
 def test_names_a_person_edited_are_not_overwritten(stack: str, superuser_engine: Engine) -> None:
     first = post(stack, reply(email_id="a"))
     wait_processed(superuser_engine, [first.json()["event_id"]])
