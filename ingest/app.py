@@ -26,6 +26,7 @@ from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
 from common.providers import PROVIDERS
 from common.queue import Claimer
+from common.queue.durability import warn_if_not_durable
 from common.settings import Settings, SettingsError, load_settings
 from ingest import admin, auth, metrics, openapi, status
 from ingest.idempotency import InvalidIdempotencyKey, derive_key
@@ -243,6 +244,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ttl_seconds=resolved.idempotency_ttl_seconds,
             grace_seconds=resolved.broker_visibility_timeout,
         )
+        if resolved.is_production:
+            await asyncio.to_thread(warn_if_not_durable, resolved.celery_broker_url, logger)
         _settle_garbage_collector()
         try:
             yield

@@ -34,6 +34,7 @@ from common import metrics, queue
 from common.envelope import describe
 from common.logging import clear_event, configure_logging, set_event
 from common.queue import QUEUE_NAME
+from common.queue.durability import warn_if_not_durable
 from common.settings import get_settings
 from worker import resources
 
@@ -115,6 +116,13 @@ def _sweep_forever() -> None:
 @worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
     threading.Thread(target=_sweep_forever, name="inflight-sweeper", daemon=True).start()
+
+
+@worker_ready.connect
+def _check_durability(**_: Any) -> None:
+    settings = get_settings()
+    if settings.is_production:
+        warn_if_not_durable(settings.celery_broker_url, logger)
 
 
 @worker_shutdown.connect
