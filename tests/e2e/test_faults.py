@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -439,3 +440,46 @@ def test_no_log_line_carries_a_payload_value_through_retries_dead_letter_and_rep
     logs = worker.output() + receiver.output() + replayed.stdout + replayed.stderr
     leaked = [value for value in [*secrets, *texts] if value.lower() in logs.lower()]
     assert leaked == [], leaked
+
+
+def test_two_receivers_and_two_worker_nodes_every_event_once_through_a_node_kill(
+    isolated: IsolatedStack, superuser_engine: Engine
+) -> None:
+    # Several machines at once: a load balancer's two receivers, workers on two hosts, one
+    # Redis and one PostgreSQL; every event reaches both receivers, one node dies mid-burst.
+    total = 2000
+    fast_recovery = {"BROKER_VISIBILITY_TIMEOUT": "5", "TASK_RETRY_BACKOFF_MAX": "2"}
+    urls = [isolated.receiver(**fast_recovery)[1] for _ in range(2)]
+    doomed = isolated.worker(concurrency=1, **fast_recovery)
+    survivor = isolated.worker(concurrency=1, **fast_recovery)
+    bodies = leads(total, "twin")
+    answers: dict[str, list[httpx.Response]] = {}
+
+    def deliver(url: str) -> None:
+        answers[url] = send_all(url, bodies, connections=25)
+
+    senders = [threading.Thread(target=deliver, args=(url,)) for url in urls]
+    for sender in senders:
+        sender.start()
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) >= 300,
+        timeout=60,
+        message="the burst did not get going",
+    )
+    kill_tree(doomed)
+    assert safe_count(superuser_engine, PROCESSED) < total, "the burst was over before the kill"
+    for sender in senders:
+        sender.join(timeout=120)
+
+    pairs = list(zip(*(answers[url] for url in urls), strict=True))
+    statuses = [sorted(answer.status_code for answer in pair) for pair in pairs]
+    assert statuses == [[202, 409]] * total
+    for first, second in pairs:  # the 409 names the event the 202 queued
+        assert first.json()["event_id"] == second.json()["event_id"]
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == total,
+        timeout=180,
+        message="not every accepted event was processed after the node died",
+    )
+    assert survivor.alive()
+    assert_exactly_once(superuser_engine, total)
