@@ -105,8 +105,13 @@ class Settings:
     # With the backoff below (1, 2, 4 … 600 s) this rides out about an hour of outage.
     task_max_retries: int = 15
     task_retry_backoff_max: int = 600
-    # Test-only crash points in the receiver; refused outside APP_ENV=test.
+    # An event whose process died this often (OOM kill, a crash in a driver) is dead-lettered
+    # as `worker_lost` instead of being handed to the next process.
+    task_max_worker_lost: int = 3
+    # Test-only crash points in the receiver, and a lead whose event kills the worker process
+    # handling it; both refused outside APP_ENV=test.
     test_fault_injection: str = ""
+    test_poison_lead: str = ""
 
     @property
     def is_production(self) -> bool:
@@ -240,7 +245,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         task_retry_backoff_max=_int(
             env, "TASK_RETRY_BACKOFF_MAX", base.task_retry_backoff_max, minimum=1
         ),
+        task_max_worker_lost=_int(
+            env, "TASK_MAX_WORKER_LOST", base.task_max_worker_lost, minimum=1
+        ),
         test_fault_injection=_choice(env, "TEST_FAULT_INJECTION", "", ("", *FAULT_POINTS)),
+        test_poison_lead=env.get("TEST_POISON_LEAD", "").strip().lower(),
     )
     _validate(settings)
     return settings
@@ -249,6 +258,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 def _validate(settings: Settings) -> None:
     if settings.test_fault_injection and settings.app_env != "test":
         raise SettingsError("TEST_FAULT_INJECTION is only honoured when APP_ENV=test")
+    if settings.test_poison_lead and settings.app_env != "test":
+        raise SettingsError("TEST_POISON_LEAD is only honoured when APP_ENV=test")
     if settings.task_retry_backoff_max >= settings.broker_visibility_timeout:
         raise SettingsError("TASK_RETRY_BACKOFF_MAX must be below BROKER_VISIBILITY_TIMEOUT")
     if not settings.is_production:

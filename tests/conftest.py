@@ -42,6 +42,7 @@ _STRIPPED_NAMES = frozenset(
         "WORKER_BATCH_SIZE",
         "BODY_TIMEOUT_SECONDS",
         "TEST_FAULT_INJECTION",
+        "TEST_POISON_LEAD",
         "WORKER_METRICS_PORT",
         "PROMETHEUS_MULTIPROC_DIR",
     }

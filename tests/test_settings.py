@@ -167,3 +167,15 @@ def test_production_refuses_a_webhook_secret_under_16_characters(name: str, shor
 def test_development_accepts_short_webhook_secrets() -> None:
     settings = load_settings({"HMAC_SHARED_SECRET_INSTANTLY": "x"})
     assert [secret.get() for secret in settings.hmac_secrets_instantly] == ["x"]
+
+
+def test_the_poison_lead_fault_point_is_refused_outside_tests() -> None:
+    message = _refused({"TEST_POISON_LEAD": "poison@example.com"})
+    assert "TEST_POISON_LEAD" in message
+    settings = load_settings({"APP_ENV": "test", "TEST_POISON_LEAD": " Poison@Example.com "})
+    assert settings.test_poison_lead == "poison@example.com"
+
+
+def test_task_max_worker_lost_defaults_to_three_and_must_be_positive() -> None:
+    assert load_settings({}).task_max_worker_lost == 3
+    assert "TASK_MAX_WORKER_LOST" in _refused({"TASK_MAX_WORKER_LOST": "0"})

@@ -37,6 +37,7 @@ from common.queue import QUEUE_NAME
 from common.queue.durability import warn_if_not_durable
 from common.settings import get_settings
 from worker import resources
+from worker.delivery import BATCH_LEASE_SECONDS
 
 logger = logging.getLogger("crm.worker")
 
@@ -69,7 +70,8 @@ def _config() -> dict[str, Any]:
 
 
 def _sweep_interval() -> int:
-    return min(60, max(1, get_settings().broker_visibility_timeout // 10))
+    # Often enough that what a dead process held comes back about a lease later.
+    return min(BATCH_LEASE_SECONDS, max(1, get_settings().broker_visibility_timeout // 10))
 
 
 app = Celery("crm-worker")

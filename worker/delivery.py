@@ -14,6 +14,11 @@ again, forgotten — is common.queue's.)
   dead-lettered at once.
 - An event leaves the queue's care only once its outcome is committed. If its dead letter
   cannot be written (PostgreSQL down at that moment too), it is queued again as it was.
+- An event whose process died while applying it (an OOM kill, a crash in a driver) is never
+  batched again: it runs alone, and once processes have died TASK_MAX_WORKER_LOST times
+  holding it, it is dead-lettered as `worker_lost` instead of killing the next one. Events
+  taken into a batch are held on a short lease renewed before each step, so those a dead
+  process held come back within about a minute.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import random
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -39,7 +45,7 @@ from common.queue import QueuedTask
 from common.settings import get_settings
 from db import dead_letters
 from worker import resources
-from worker.errors import PermanentError
+from worker.errors import PermanentError, WorkerLost
 from worker.processing import Outcome, parse_envelope, process_batch
 
 logger = logging.getLogger("crm.worker")
@@ -48,6 +54,8 @@ logger = logging.getLogger("crm.worker")
 # failure, deadlock, lock timeout, server shutting down or starting, too many connections.
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
 _DEAD_LETTER_WRITE_PAUSES = (1.0, 2.0, 4.0)
+# How long a task holds the events it took, renewed before each step (common.queue.hold).
+BATCH_LEASE_SECONDS = 30
 
 Ready = tuple[int, QueuedTask, Envelope]  # position in the batch, the task, its envelope
 
@@ -82,11 +90,12 @@ class EventTask(Task):  # type: ignore[type-arg]
     def deliver(self, envelope: Any) -> dict[str, Any]:
         """Apply Celery's event and the queued events taken with it; Celery's own result."""
         own = QueuedTask(str(self.request.id), envelope, retries=self.request.retries)
-        return deliver_all([*_take_more(), own])[-1]
+        taken = _take_more()
+        return deliver_all([*taken, own], held=[task.task_id for task in taken])[-1]
 
 
-def deliver_all(batch: list[QueuedTask]) -> list[dict[str, Any]]:
-    """Each task's result, in order."""
+def deliver_all(batch: list[QueuedTask], held: list[str]) -> list[dict[str, Any]]:
+    """Each task's result, in order. `held`: the ids of those this task took itself."""
     results: list[dict[str, Any]] = [{} for _ in batch]
     ready: list[Ready] = []
     for index, task in enumerate(batch):
@@ -94,14 +103,27 @@ def deliver_all(batch: list[QueuedTask]) -> list[dict[str, Any]]:
             ready.append((index, task, parse_envelope(task.envelope)))
         except PermanentError as exc:
             results[index] = _dead_letter(task, exc, exc.reason)
-    if len(ready) > 1 and _apply_together(ready, results):
-        return results
-    for index, task, parsed in ready:
+    died = _unfinished([task.task_id for _, task, _ in ready])
+    fresh = [entry for entry in ready if not died.get(entry[1].task_id)]
+    alone = [entry for entry in ready if died.get(entry[1].task_id)]
+    if len(fresh) < 2 or not _apply_together(fresh, results, held):
+        alone = fresh + alone
+    limit = get_settings().task_max_worker_lost
+    for index, task, parsed in alone:
+        deaths = died.get(task.task_id, 0)
+        if deaths >= limit:
+            lost = WorkerLost(f"the process applying it died {deaths} times")
+            results[index] = _dead_letter(task, lost, lost.reason, attempts=deaths)
+            continue
+        _renew(held)
+        _look_after(queue.begin, [task.task_id])
         results[index] = _apply_alone(task, parsed)
     return results
 
 
-def _apply_together(ready: list[Ready], results: list[dict[str, Any]]) -> bool:
+def _apply_together(ready: list[Ready], results: list[dict[str, Any]], held: list[str]) -> bool:
+    _renew(held)
+    _look_after(queue.begin, [task.task_id for _, task, _ in ready])
     try:
         outcomes = process_batch(
             resources.engine(), [(parsed, task.retries + 1) for _, task, parsed in ready]
@@ -109,6 +131,7 @@ def _apply_together(ready: list[Ready], results: list[dict[str, Any]]) -> bool:
     except Exception as exc:
         # Whatever failed, each event runs again on its own and meets the policy alone.
         logger.info("batch of %d failed (%s); one by one", len(ready), type(exc).__name__)
+        _look_after(queue.end, [task.task_id for _, task, _ in ready])
         return False
     metrics.BATCH_EVENTS.observe(len(ready))
     _forget(*(task.task_id for _, task, _ in ready))
@@ -145,7 +168,10 @@ def _retry(task: QueuedTask, exc: Exception) -> dict[str, Any]:
     return {"retry_in": round(delay, 1)}
 
 
-def _dead_letter(task: QueuedTask, exc: BaseException, reason: str) -> dict[str, Any]:
+def _dead_letter(
+    task: QueuedTask, exc: BaseException, reason: str, attempts: int | None = None
+) -> dict[str, Any]:
+    attempts = task.retries + 1 if attempts is None else attempts
     message = str(exc).strip() or type(exc).__name__
     for pause in (*_DEAD_LETTER_WRITE_PAUSES, None):
         try:
@@ -155,6 +181,7 @@ def _dead_letter(task: QueuedTask, exc: BaseException, reason: str) -> dict[str,
                 error_class=type(exc).__name__,
                 error_message=message,
                 trace="".join(traceback.format_exception(exc)),
+                attempts=attempts,
             )
         except SQLAlchemyError as write_error:
             if pause is None:
@@ -168,7 +195,7 @@ def _dead_letter(task: QueuedTask, exc: BaseException, reason: str) -> dict[str,
             continue
         logger.error(
             "event %s: dead-lettered as %s after %d attempt(s): %s",
-            task.task_id, reason, task.retries + 1, message,
+            task.task_id, reason, attempts, message,
         )  # fmt: skip
         _forget(task.task_id)
         provider, event_type = metric_labels(task.envelope)
@@ -189,12 +216,11 @@ def _count(parsed: Envelope, outcome: Outcome) -> dict[str, Any]:
 
 
 def _take_more() -> list[QueuedTask]:
-    settings = get_settings()
     try:
         return queue.take(
             resources.broker(),
-            settings.worker_batch_size - 1,
-            hold_seconds=settings.broker_visibility_timeout,
+            get_settings().worker_batch_size - 1,
+            hold_seconds=BATCH_LEASE_SECONDS,
         )
     except RedisError as exc:
         logger.warning("could not take queued events: %s", type(exc).__name__)
@@ -216,15 +242,38 @@ def _queue_again(task: QueuedTask, *, retries: int, countdown: float) -> None:
 
 
 def _forget(*event_ids: str) -> None:
+    # Failing, the sweep will only queue a copy, which the durable guard makes a no-op.
+    _look_after(queue.forget, *event_ids)
+
+
+def _renew(held: list[str]) -> None:
+    _look_after(queue.hold, held, seconds=BATCH_LEASE_SECONDS)
+
+
+def _unfinished(event_ids: list[str]) -> dict[str, int]:
     try:
-        queue.forget(resources.broker(), *event_ids)
+        return queue.unfinished(resources.broker(), event_ids)
     except RedisError as exc:
-        # The sweep will only queue a copy, which the durable guard makes a no-op.
+        logger.warning("could not read unfinished attempts: %s", type(exc).__name__)
+        return {}
+
+
+def _look_after(action: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Update the in-flight record; a Redis error costs at most a harmless copy later."""
+    try:
+        action(resources.broker(), *args, **kwargs)
+    except RedisError as exc:
         logger.warning("in-flight record not updated: %s", type(exc).__name__)
 
 
 def _write_dead_letter(
-    task: QueuedTask, *, reason: str, error_class: str, error_message: str, trace: str
+    task: QueuedTask,
+    *,
+    reason: str,
+    error_class: str,
+    error_message: str,
+    trace: str,
+    attempts: int,
 ) -> int:
     data = task.envelope if isinstance(task.envelope, dict) else {"raw": task.envelope}
     try:
@@ -244,7 +293,7 @@ def _write_dead_letter(
             error_class=error_class,
             error_message=error_message[:4000],
             traceback=trace[-20000:],
-            attempts=task.retries + 1,
+            attempts=attempts,
         )
         if parsed is not None:
             dead_letters.mark_event_dead(
@@ -255,7 +304,7 @@ def _write_dead_letter(
                 idempotency_key=parsed.idempotency_key,
                 payload=parsed.payload,
                 received_at=datetime.fromisoformat(parsed.received_at),
-                attempts=task.retries + 1,
+                attempts=attempts,
                 error=f"{reason}: {error_message}"[:4000],
             )
     return dead_letter_id

@@ -17,3 +17,9 @@ class ConfigError(PermanentError):
 
 class UnknownProvider(PermanentError):
     reason = "unknown_provider"
+
+
+class WorkerLost(PermanentError):
+    """Processes kept dying while applying the event (TASK_MAX_WORKER_LOST times)."""
+
+    reason = "worker_lost"

@@ -3,6 +3,8 @@ commit together, so a redelivered or replayed envelope finds the row and does no
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +52,16 @@ def process_batch(engine: Engine, batch: Sequence[tuple[Envelope, int]]) -> list
         return [apply_event(conn, envelope, attempts=attempts) for envelope, attempts in batch]
 
 
+def _die_if_poisoned(envelope: Envelope) -> None:
+    """Tests only (APP_ENV=test): die in the middle of the transaction, as a process killed
+    by the kernel's OOM killer or a crash in a driver would."""
+    poison = get_settings().test_poison_lead
+    if poison and poison in (
+        str(envelope.payload.get(f, "")).lower() for f in ("lead_email", "email")
+    ):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outcome:
     """The event's guard row, effects and outcome, inside the caller's transaction."""
     claim = events.claim_event(
@@ -64,6 +76,7 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
     )
     if claim.done:
         return Outcome("duplicate", claim.result or {})
+    _die_if_poisoned(envelope)
     effect = effect_for(
         envelope.provider,
         envelope.event_type,

@@ -10,15 +10,19 @@ A message's life, from the receiver's 202 to the worker's commit:
    Concurrent deliveries share one Redis round trip (`pipelined.PipelinedScript`). A replay
    (`enqueue`) queues and records a stored envelope the same way, without a key.
 3. Taken. Celery's consumer pops one message for a task; under a backlog that task also takes
-   up to `WORKER_BATCH_SIZE` - 1 more straight off the list (`take`), holding them by moving
-   their due time a visibility timeout on (Celery's pop and its unacked mark are two commands,
-   and a batch is not in Celery's unacked store at all: the in-flight record covers both).
-4. Finished. Once the event's outcome (processed, ignored, dead letter) is committed the worker
+   up to `WORKER_BATCH_SIZE` - 1 more straight off the list (`take`), holding them for a short
+   lease that it renews while it works (`hold`): if its process dies, they are due again
+   within a minute. (Celery's pop and its unacked mark are two commands, and a batch is not
+   in Celery's unacked store at all: the in-flight record covers both.)
+4. Begun. Right before a process applies an event it counts the start (`begin`); the count
+   goes when the attempt ends in any handled way. A count left over therefore means a process
+   died holding the event (`unfinished`), which the delivery policy limits.
+5. Finished. Once the event's outcome (processed, ignored, dead letter) is committed the worker
    forgets it (`forget`); Celery acknowledges its own message when the task returns.
-5. Queued again (`requeue`): a transient failure is retried as a new message with one retry
+6. Queued again (`requeue`): a transient failure is retried as a new message with one retry
    more, due after a backoff; an event whose dead letter could not be written is given back
    as it was. Either way the in-flight record then holds the new message.
-6. Swept. Every worker periodically queues again whatever is past due in the in-flight record
+7. Swept. Every worker periodically queues again whatever is past due in the in-flight record
    (`sweep`): a message whose holder died. A copy of an event that was in fact committed is
    harmless: the worker's durable guard (the unique webhook_events row) makes it a no-op.
 
@@ -47,20 +51,25 @@ __all__ = [
     "InFlight",
     "QueueDepth",
     "QueuedTask",
+    "begin",
     "depth",
+    "end",
     "enqueue",
     "forget",
+    "hold",
     "in_flight",
     "message",
     "queued_envelope",
     "requeue",
     "sweep",
     "take",
+    "unfinished",
 ]
 
 IDEMPOTENCY_PREFIX = "crm:idem:"
 INFLIGHT_KEY = "crm:inflight"  # event id -> the message that carries it
 DUE_KEY = "crm:inflight:due"  # event id -> when the sweep queues it again (Unix seconds)
+STARTS_KEY = "crm:inflight:starts"  # event id -> attempts begun and not (yet) ended
 UNACKED_KEY = "unacked"  # kombu's: messages Celery delivered and has not acknowledged
 
 # KEYS: idempotency key, queue, in-flight messages, due times. ARGV: event id, message, key
@@ -139,6 +148,7 @@ def _queue_and_record(client: redis.Redis, raw: bytes, event_id: str, due: float
     pipe.lpush(QUEUE_NAME, raw)
     pipe.hset(INFLIGHT_KEY, event_id, raw)
     pipe.zadd(DUE_KEY, {event_id: due})
+    pipe.hdel(STARTS_KEY, event_id)  # an attempt that ended here did not die
     pipe.execute()
 
 
@@ -190,6 +200,35 @@ def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTa
     return taken
 
 
+def hold(client: redis.Redis, event_ids: list[str], *, seconds: float) -> None:
+    """Renew the lease on taken events: due again `seconds` from now."""
+    if event_ids:
+        client.zadd(DUE_KEY, dict.fromkeys(event_ids, time.time() + seconds), xx=True)
+
+
+def unfinished(client: redis.Redis, event_ids: list[str]) -> dict[str, int]:
+    """For each event, the attempts begun that never ended: each one a process that died."""
+    if not event_ids:
+        return {}
+    counts = client.hmget(STARTS_KEY, event_ids)
+    return {event_id: int(count or 0) for event_id, count in zip(event_ids, counts, strict=True)}
+
+
+def begin(client: redis.Redis, event_ids: list[str]) -> None:
+    """These events are about to be applied by this process."""
+    if event_ids:
+        pipe = client.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hincrby(STARTS_KEY, event_id, 1)
+        pipe.execute()
+
+
+def end(client: redis.Redis, event_ids: list[str]) -> None:
+    """These attempts ended without an outcome (a batch that failed as a whole)."""
+    if event_ids:
+        client.hdel(STARTS_KEY, *event_ids)
+
+
 def forget(client: redis.Redis, *event_ids: str) -> None:
     """The events' outcomes are committed: no more looking after. Not a transaction: a due
     time left without its message is dropped by the next sweep."""
@@ -197,6 +236,7 @@ def forget(client: redis.Redis, *event_ids: str) -> None:
         pipe = client.pipeline(transaction=False)
         pipe.hdel(INFLIGHT_KEY, *event_ids)
         pipe.zrem(DUE_KEY, *event_ids)
+        pipe.hdel(STARTS_KEY, *event_ids)
         pipe.execute()
 
 

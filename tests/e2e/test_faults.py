@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -483,3 +485,57 @@ def test_two_receivers_and_two_worker_nodes_every_event_once_through_a_node_kill
     )
     assert survivor.alive()
     assert_exactly_once(superuser_engine, total)
+
+
+def test_a_poisonous_event_is_dead_lettered_as_worker_lost_and_spares_the_others(
+    isolated: IsolatedStack, superuser_engine: Engine
+) -> None:
+    # Whichever pool process applies this lead's event dies (APP_ENV=test fault point), as an
+    # OOM kill or a crash in a driver would. The default visibility timeout (an hour) stays.
+    poison = "poison@poison.example.com"
+    _, url = isolated.receiver()
+    worker = isolated.worker(concurrency=2, TEST_POISON_LEAD=poison)
+    bodies = [*leads(150, "before"), reply(poison), *leads(150, "after")]
+    started = time.monotonic()
+    answers = send_all(url, bodies)
+    assert [answer.status_code for answer in answers] == [202] * len(bodies)
+    poisoned = answers[150].json()["event_id"]
+
+    wait_for(
+        lambda: safe_count(superuser_engine, PROCESSED) == 300,
+        timeout=120,
+        message="the other events were not all processed within two minutes",
+    )
+    assert time.monotonic() - started < 120
+    letter = wait_for(
+        lambda: scalar(
+            superuser_engine,
+            "SELECT json_build_object('reason', reason, 'attempts', attempts)"
+            " FROM dead_letters WHERE event_id = :id",
+            id=poisoned,
+        ),
+        timeout=120,
+        message="the poisonous event was not dead-lettered",
+    )
+    assert letter == {"reason": "worker_lost", "attempts": 3}
+    deaths = re.findall(
+        r"Worker exited prematurely: signal 9 \(SIGKILL\) Job: \d+", worker.output()
+    )
+    assert len(set(deaths)) == 3, deaths
+    assert (
+        scalar(superuser_engine, "SELECT status FROM webhook_events WHERE id = :id", id=poisoned)
+        == "dead"
+    )
+    assert scalar(superuser_engine, "SELECT count(*) FROM deals") == 300
+    assert scalar(superuser_engine, "SELECT count(*) FROM activities") == 300
+
+    assert worker.alive()
+    later = send_all(url, leads(1, "later"))[0].json()["event_id"]
+    wait_for(
+        lambda: (
+            scalar(superuser_engine, "SELECT status FROM webhook_events WHERE id = :id", id=later)
+            == "processed"
+        ),
+        timeout=30,
+        message="the worker stopped consuming",
+    )
