@@ -90,6 +90,11 @@ class Settings:
     idempotency_ttl_seconds: int = 7 * 24 * 3600
     max_body_bytes: int = 1_048_576
     body_timeout_seconds: int = 10
+    # Deliveries get 503 once Redis uses this fraction of its maxmemory (none when maxmemory
+    # is 0), or once this many events wait in the queue (0: no limit), so Redis keeps room
+    # for the workers' own bookkeeping.
+    redis_memory_high_watermark: float = 0.8
+    max_queue_depth: int = 0
     ingest_port: int = 8000
     worker_concurrency: int = 2
     # Most events one task commits together: under a backlog a task takes up to this many
@@ -169,6 +174,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false")
 
 
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number between 0 and 1, e.g. 0.8") from None
+    if not 0 < value <= 1:
+        raise SettingsError(f"{name} must be above 0 and at most 1, e.g. 0.8")
+    return value
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or default
     if value not in choices:
@@ -233,6 +251,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         body_timeout_seconds=_int(
             env, "BODY_TIMEOUT_SECONDS", base.body_timeout_seconds, minimum=1
         ),
+        redis_memory_high_watermark=_fraction(
+            env, "REDIS_MEMORY_HIGH_WATERMARK", base.redis_memory_high_watermark
+        ),
+        max_queue_depth=_int(env, "MAX_QUEUE_DEPTH", base.max_queue_depth),
         ingest_port=_int(env, "INGEST_PORT", base.ingest_port, minimum=1),
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", base.worker_concurrency, minimum=1),
         worker_batch_size=_int(env, "WORKER_BATCH_SIZE", base.worker_batch_size, minimum=1),

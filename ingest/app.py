@@ -4,6 +4,7 @@ parse → claim the idempotency key and enqueue (common.queue, one atomic script
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -29,6 +30,7 @@ from common.queue import Claimer
 from common.queue.durability import warn_if_not_durable
 from common.settings import Settings, SettingsError, load_settings
 from ingest import admin, auth, metrics, openapi, status
+from ingest.backpressure import Backpressure
 from ingest.idempotency import InvalidIdempotencyKey, derive_key
 from ingest.responses import error
 
@@ -156,6 +158,8 @@ async def receive_webhook(request: Request) -> Response:
         received_at=utc_now_iso(),
         payload=payload,
     )
+    if request.app.state.backpressure.reason is not None:
+        return error(503, "Queue is full, retry later")
     claimer: Claimer = request.app.state.claimer
     _fault(settings, "exit_before_enqueue")
     try:
@@ -244,12 +248,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ttl_seconds=resolved.idempotency_ttl_seconds,
             grace_seconds=resolved.broker_visibility_timeout,
         )
+        app.state.backpressure = Backpressure(
+            broker,
+            watermark=resolved.redis_memory_high_watermark,
+            max_depth=resolved.max_queue_depth,
+        )
+        watching = asyncio.get_running_loop().create_task(app.state.backpressure.watch())
         if resolved.is_production:
             await asyncio.to_thread(warn_if_not_durable, resolved.celery_broker_url, logger)
         _settle_garbage_collector()
         try:
             yield
         finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             for each in app.state.ready_clients.values():
                 await each.aclose()
             admin.dispose(app)

@@ -32,6 +32,7 @@ worker/delivery.py; this package only moves messages.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -189,14 +190,21 @@ def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTa
             others.append(raw)
         else:
             taken.append(task)
-    pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=True)
     if others:
         # RPUSH in reverse: the consuming end (right) gets them back in their queue order.
         pipe.rpush(QUEUE_NAME, *reversed(others))
     if taken:
         due = time.time() + hold_seconds
         pipe.zadd(DUE_KEY, dict.fromkeys((task.task_id for task in taken), due), xx=True)
-    pipe.execute()
+    try:
+        pipe.execute()
+    except redis.RedisError:
+        # Popped but neither held nor given back (a full Redis refuses writes): all back to
+        # the consuming end if Redis takes that; else the in-flight sweep brings them back.
+        with contextlib.suppress(redis.RedisError):
+            client.rpush(QUEUE_NAME, *reversed(popped))
+        raise
     return taken
 
 
