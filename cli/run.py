@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 from urllib.parse import urlsplit
 
@@ -24,6 +25,9 @@ from db import cli as db_cli
 
 _PR_SET_PDEATHSIG = 1
 _STOP_GRACE_SECONDS = 20
+# A process that exits sooner than this after its first start failed to start.
+_STARTUP_SECONDS = 15.0
+_RESTART_PAUSES = (1, 2, 4, 8, 16, 30)
 
 
 def _die_with_parent() -> None:
@@ -81,7 +85,56 @@ def check_redis(settings: Settings) -> str | None:
     return None
 
 
-def _supervise(processes: dict[str, subprocess.Popen[bytes]]) -> int:
+@dataclass
+class _Child:
+    """One supervised process: how to start it, and how its runs went."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    ever_up: bool = False  # it once outlived the start-up window
+    crashes: int = 0
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent)
+        self.started = time.monotonic()
+        self.restart_at = None
+
+
+def _watch(child: _Child, now: float) -> str | None:
+    """Restart an exited child after a backoff; a reason to stop everything, if there is one."""
+    assert child.process is not None
+    if child.restart_at is not None:
+        if now >= child.restart_at:
+            child.start()
+        return None
+    code = child.process.poll()
+    uptime = now - child.started
+    if code is None:
+        if uptime > _STARTUP_SECONDS:
+            child.ever_up, child.crashes = True, 0
+        return None
+    # Killed by a signal (negative code), it did not fail by itself: that is no start-up error.
+    if not child.ever_up and uptime <= _STARTUP_SECONDS and code > 0:
+        return f"{child.name} failed to start (exit code {code}); stopping"
+    pause = _RESTART_PAUSES[min(child.crashes, len(_RESTART_PAUSES) - 1)]
+    child.crashes += 1
+    child.restart_at = now + pause
+    print(
+        f"crm-run: {child.name} exited with code {code} after {uptime:.0f} s; "
+        f"restarting it in {pause} s (the other keeps running)",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _supervise(children: list[_Child]) -> int:
+    """Run the children until Ctrl-C or SIGTERM. One that exits after start-up is restarted
+    with backoff while the others keep serving; one that fails at start-up (a port taken, bad
+    settings) stops everything."""
     stopping = False
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -90,21 +143,21 @@ def _supervise(processes: dict[str, subprocess.Popen[bytes]]) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    for child in children:
+        child.start()
     exit_code = 0
     while not stopping:
-        for name, process in processes.items():
-            if process.poll() is not None:
-                print(
-                    f"crm-run: {name} exited with {process.returncode}; stopping", file=sys.stderr
-                )
-                exit_code = 1
-                stopping = True
+        for child in children:
+            problem = _watch(child, time.monotonic())
+            if problem is not None:
+                print(f"crm-run: {problem}", file=sys.stderr)
+                exit_code, stopping = 1, True
         time.sleep(0.2)
-    for process in processes.values():
-        if process.poll() is None:
-            process.terminate()
+    running = [c.process for c in children if c.process and c.process.poll() is None]
+    for process in running:
+        process.terminate()
     deadline = time.monotonic() + _STOP_GRACE_SECONDS
-    for process in processes.values():
+    for process in running:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -141,19 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     # One metrics directory for both: the receiver's /metrics then includes the worker pool's.
     metrics_dir = tempfile.mkdtemp(prefix="crm-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    processes = {
-        "receiver": subprocess.Popen(
-            receiver_command(settings, args.host), env=env, preexec_fn=_die_with_parent
-        ),
-        "worker": subprocess.Popen(worker_command(settings), env=env, preexec_fn=_die_with_parent),
-    }
+    children = [
+        _Child("receiver", receiver_command(settings, args.host), env),
+        _Child("worker", worker_command(settings), env),
+    ]
     print(
         f"crm-run: receiver on http://{args.host}:{settings.ingest_port}, "
         f"worker concurrency {settings.worker_concurrency}; Ctrl-C stops both",
         file=sys.stderr,
     )
     try:
-        return _supervise(processes)
+        return _supervise(children)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

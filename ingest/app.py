@@ -4,7 +4,6 @@ parse → claim the idempotency key and enqueue (common.queue, one atomic script
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -261,8 +260,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            # Bounded: under uvloop, a watch cancelled while startup fails can take for ever.
+            await asyncio.wait([watching], timeout=1)
             for each in app.state.ready_clients.values():
                 await each.aclose()
             admin.dispose(app)

@@ -1,0 +1,100 @@
+"""`crm-run` as an operator runs it: a receiver and a worker, supervised."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.stack import ROOT
+from tests.helpers import wait_for
+from tests.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.e2e
+
+CRM_RUN = str(Path(sys.executable).with_name("crm-run"))
+
+
+class Run:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        self.popen = subprocess.Popen(
+            [CRM_RUN, "--skip-migrate"], env=env, cwd=ROOT, stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def children(self, name: str) -> list[int]:
+        pid = self.popen.pid
+        found = []
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            if name in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(child))
+        return found
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        code = self.popen.wait(timeout=60)
+        self._out.close()
+        return code
+
+
+@pytest.fixture
+def run_env(stack_env: dict[str, str], redis_server: RedisServer) -> Iterator[dict[str, str]]:
+    yield stack_env | {"REDIS_URL": redis_server.db_url(6), "INGEST_PORT": str(free_port())}
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_a_worker_that_dies_is_restarted_while_the_receiver_keeps_answering(
+    run_env: dict[str, str], tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{run_env['INGEST_PORT']}"
+    run = Run(run_env, tmp_path / "crm-run.log")
+    try:
+        wait_for(lambda: _healthy(url), timeout=60, message="the receiver did not come up")
+        wait_for(lambda: run.output().count(" ready.") == 1, timeout=60, message="no worker")
+        [worker] = run.children("celery")
+        os.kill(worker, signal.SIGKILL)
+
+        def restarted() -> bool:
+            assert _healthy(url), "the receiver stopped answering"
+            return run.output().count(" ready.") == 2
+
+        wait_for(restarted, timeout=60, interval=0.2, message="the worker was not restarted")
+        assert "crm-run: worker exited with code -9" in run.output()
+        assert "restarting it in 1 s" in run.output()
+        assert run.popen.poll() is None
+    finally:
+        code = run.stop()
+    assert code == 0
+
+
+def test_a_receiver_that_cannot_start_stops_everything_with_one_line(
+    run_env: dict[str, str], tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(run_env["INGEST_PORT"])))
+        taken.listen()
+        run = Run(run_env, tmp_path / "crm-run.log")
+        code = run.popen.wait(timeout=60)
+        run.stop()
+    assert code == 1
+    stops = [line for line in run.output().splitlines() if "failed to start" in line]
+    assert stops == ["crm-run: receiver failed to start (exit code 3); stopping"]
