@@ -47,5 +47,7 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     for name in _FOREIGN_LOGGERS:
         foreign = logging.getLogger(name)
+        # A logger its library switched off (uvicorn's access log under --no-access-log: no
+        # handler, no propagation) stays off; the others write through the root's handler.
+        foreign.propagate = foreign.propagate or bool(foreign.handlers)
         foreign.handlers[:] = []
-        foreign.propagate = True
