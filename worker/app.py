@@ -47,8 +47,6 @@ def _config() -> dict[str, Any]:
     settings = get_settings()
     return {
         "broker_url": settings.celery_broker_url,
-        # A full or read-only Redis is a lost connection, not the worker's end (worker/broker.py).
-        "broker_transport": "worker.broker:Transport",
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.broker_visibility_timeout,
