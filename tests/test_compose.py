@@ -38,6 +38,7 @@ REQUIRED_SECRETS = {
 NOT_PASSED = {
     "INGEST_PORT": "the host port the receiver is published on; inside it listens on 8000",
     "TEST_FAULT_INJECTION": "crash points for the test suite only; never in a deployment",
+    "TEST_POISON_LEAD": "a worker crash point for the test suite only; never in a deployment",
     "POSTGRES_PASSWORD": "the superuser's: the postgres service and migrate's PG_SUPERUSER_URL",
 }
 
@@ -201,3 +202,4 @@ def test_every_setting_in_env_example_reaches_the_app_containers(
     missing = sorted(names - passed - set(NOT_PASSED))
     assert not missing, f"add these to docker-compose.yml's x-app-env: {missing}"
     assert "TEST_FAULT_INJECTION" not in passed
+    assert "TEST_POISON_LEAD" not in passed
