@@ -30,6 +30,7 @@ from common.queue.durability import warn_if_not_durable
 from common.settings import Settings, SettingsError, load_settings
 from ingest import admin, auth, metrics, openapi, status
 from ingest.backpressure import Backpressure
+from ingest.deadlines import BodyDeadlines
 from ingest.idempotency import InvalidIdempotencyKey, derive_key
 from ingest.responses import error
 
@@ -119,8 +120,8 @@ async def receive_webhook(request: Request) -> Response:
         return error(415, "Content-Type must be application/json")
     try:
         # A client trickling its body would otherwise hold the connection open for ever.
-        async with asyncio.timeout(settings.body_timeout_seconds):
-            body = await _read_body(request, settings.max_body_bytes)
+        deadlines: BodyDeadlines = request.app.state.body_deadlines
+        body = await deadlines.within(_read_body(request, settings.max_body_bytes))
     except _TooLarge:
         return error(413, f"Body larger than {settings.max_body_bytes} bytes")
     except TimeoutError:
@@ -247,6 +248,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ttl_seconds=resolved.idempotency_ttl_seconds,
             grace_seconds=resolved.broker_visibility_timeout,
         )
+        app.state.body_deadlines = BodyDeadlines(resolved.body_timeout_seconds)
+        app.state.body_deadlines.start()
         app.state.backpressure = Backpressure(
             broker,
             watermark=resolved.redis_memory_high_watermark,
@@ -259,6 +262,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await app.state.body_deadlines.stop()
             watching.cancel()
             # Bounded: under uvloop, a watch cancelled while startup fails can take for ever.
             await asyncio.wait([watching], timeout=1)
