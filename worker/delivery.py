@@ -37,7 +37,7 @@ from celery import Task
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
-from common import metrics, queue
+from common import metrics, providers, queue
 from common.envelope import Envelope, EnvelopeError, describe
 from common.logging import set_event
 from common.metrics import metric_labels
@@ -206,7 +206,7 @@ def _dead_letter(
 
 
 def _count(parsed: Envelope, outcome: Outcome) -> dict[str, Any]:
-    labels = metric_labels(parsed.to_dict())
+    labels = providers.metric_labels(parsed.provider, parsed.event_type)
     metrics.EVENTS.labels(*labels, outcome.status).inc()
     if outcome.status == "processed":
         received = datetime.fromisoformat(parsed.received_at)
