@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,6 +36,17 @@ _OUTCOMES = {
 }
 
 
+@functools.cache
+def _series(provider: str, status_code: int) -> tuple[Counter, Histogram]:
+    # The label lookup is two thirds of the counting's cost (~3 µs a delivery); the series
+    # are few (providers by outcomes), so each is looked up once per process.
+    outcome, reason = _OUTCOMES.get(status_code, ("rejected", "other"))
+    return (
+        metrics.DELIVERIES.labels(provider, outcome, reason),
+        metrics.REQUEST_SECONDS.labels(provider),
+    )
+
+
 def instrumented(handler: Handler) -> Handler:
     """Count every webhook delivery by outcome and time its answer."""
 
@@ -43,9 +56,9 @@ def instrumented(handler: Handler) -> Handler:
         provider = request.path_params.get("provider", "")
         if provider not in PROVIDERS:
             provider = "unknown"  # one label for all: a sender cannot grow the series
-        outcome, reason = _OUTCOMES.get(response.status_code, ("rejected", "other"))
-        metrics.DELIVERIES.labels(provider, outcome, reason).inc()
-        metrics.REQUEST_SECONDS.labels(provider).observe(time.perf_counter() - started)
+        deliveries, seconds = _series(provider, response.status_code)
+        deliveries.inc()
+        seconds.observe(time.perf_counter() - started)
         return response
 
     return counted
