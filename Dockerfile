@@ -63,4 +63,4 @@ USER 10001:10001
 EXPOSE 8000
 # No HEALTHCHECK here: one image plays three roles, so docker-compose.yml defines a check per
 # service (/readyz for the receiver, crm-worker-health for the worker, none for migrate).
-CMD ["uvicorn", "ingest.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["crm-ingest", "--host", "0.0.0.0", "--port", "8000"]

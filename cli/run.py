@@ -41,15 +41,17 @@ def receiver_command(
     host: str,
     *,
     port: int | None = None,
-    app: str = "ingest.app:create_app",
+    app: str | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """How the receiver is started: here, by the tests and by the benchmark alike."""
-    return [
-        sys.executable, "-m", "uvicorn", app, "--factory",
+    """How the receiver is started (`crm-ingest`): here, by the tests and by the benchmark."""
+    command = [
+        sys.executable, "-m", "ingest.serve",
         "--host", host, "--port", str(port or settings.ingest_port),
-        "--log-level", settings.log_level, "--no-access-log", *extra,
     ]  # fmt: skip
+    if app is not None:
+        command += ["--app", app]
+    return [*command, *extra]
 
 
 def worker_command(

@@ -29,7 +29,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 DELIVERIES = Counter(
     "crm_webhook_deliveries_total",
-    "Webhook deliveries by provider and outcome (accepted, duplicate, rejected) and reason.",
+    "Webhook deliveries by provider, outcome (accepted, duplicate, rejected, "
+    "client_disconnected) and reason.",
     ["provider", "outcome", "reason"],
 )
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

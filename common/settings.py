@@ -90,6 +90,10 @@ class Settings:
     idempotency_ttl_seconds: int = 7 * 24 * 3600
     max_body_bytes: int = 1_048_576
     body_timeout_seconds: int = 10
+    # The request line and headers: larger gets 431; not complete this long after they began
+    # (or after the connection opened), the connection is closed.
+    max_header_bytes: int = 16_384
+    header_timeout_seconds: int = 10
     # Deliveries get 503 once Redis uses this fraction of its maxmemory (none when maxmemory
     # is 0), or once this many events wait in the queue (0: no limit), so Redis keeps room
     # for the workers' own bookkeeping.
@@ -250,6 +254,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "MAX_BODY_BYTES", base.max_body_bytes, minimum=1),
         body_timeout_seconds=_int(
             env, "BODY_TIMEOUT_SECONDS", base.body_timeout_seconds, minimum=1
+        ),
+        max_header_bytes=_int(env, "MAX_HEADER_BYTES", base.max_header_bytes, minimum=1024),
+        header_timeout_seconds=_int(
+            env, "HEADER_TIMEOUT_SECONDS", base.header_timeout_seconds, minimum=1
         ),
         redis_memory_high_watermark=_fraction(
             env, "REDIS_MEMORY_HIGH_WATERMARK", base.redis_memory_high_watermark

@@ -4,6 +4,7 @@ parse → claim the idempotency key and enqueue (common.queue, one atomic script
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -17,7 +18,7 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -32,7 +33,7 @@ from ingest import admin, auth, metrics, openapi, status
 from ingest.backpressure import Backpressure
 from ingest.deadlines import BodyDeadlines
 from ingest.idempotency import InvalidIdempotencyKey, derive_key
-from ingest.responses import error
+from ingest.responses import CLIENT_DISCONNECTED, error
 
 logger = logging.getLogger("crm.ingest")
 
@@ -41,20 +42,39 @@ class _TooLarge(Exception):
     pass
 
 
+# A body over the limit is still read, up to this many times the limit, and thrown away, for
+# as long as the client keeps sending: a client that writes its whole body before it reads
+# (urllib, most HTTP libraries) would otherwise meet a connection reset instead of the 413.
+_DISCARD_FACTOR = 4
+_DISCARD_PATIENCE_SECONDS = 1.0
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit`: a lying Content-Length or a chunked
-    body cannot make us buffer more than the limit."""
+    """The body, or _TooLarge once it passes `limit`: a lying Content-Length or a chunked body
+    cannot make us buffer more than the limit."""
+    stream = request.stream()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        if int(declared) <= limit * _DISCARD_FACTOR:
+            await _discard(stream, limit * _DISCARD_FACTOR)
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
+            await _discard(stream, limit * _DISCARD_FACTOR - size)
             raise _TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _discard(stream: AsyncIterator[bytes], budget: int) -> None:
+    """Read and drop up to `budget` bytes more, while they keep coming."""
+    with contextlib.suppress(TimeoutError, StopAsyncIteration):
+        while budget > 0:
+            async with asyncio.timeout(_DISCARD_PATIENCE_SECONDS):
+                budget -= len(await anext(stream))
 
 
 # Deeper payloads cannot be queued (the queue message nests the payload a few levels further).
@@ -123,7 +143,10 @@ async def receive_webhook(request: Request) -> Response:
         deadlines: BodyDeadlines = request.app.state.body_deadlines
         body = await deadlines.within(_read_body(request, settings.max_body_bytes))
     except _TooLarge:
-        return error(413, f"Body larger than {settings.max_body_bytes} bytes")
+        return error(413, f"Body larger than {settings.max_body_bytes} bytes", close=True)
+    except ClientDisconnect:
+        logger.info("%s delivery: the client went away before its body was complete", provider.name)
+        return error(CLIENT_DISCONNECTED, "Client disconnected")
     except TimeoutError:
         return error(408, f"Body not received within {settings.body_timeout_seconds} s")
 

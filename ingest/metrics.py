@@ -18,6 +18,7 @@ from starlette.routing import Route
 from common import metrics, queue
 from common.providers import PROVIDERS
 from db.tables import dead_letters
+from ingest.responses import CLIENT_DISCONNECTED
 from ingest.status import engine
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -33,6 +34,7 @@ _OUTCOMES = {
     413: ("rejected", "too_large"),
     415: ("rejected", "unsupported_media_type"),
     503: ("rejected", "queue_unavailable"),
+    CLIENT_DISCONNECTED: ("client_disconnected", ""),
 }
 
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,10 @@ def test_ingest_and_worker_run_what_make_run_runs(services: dict[str, Any]) -> N
     receiver = program(receiver_command(settings, option(ingest_command, "--host")))
     worker = program(worker_command(settings))
 
-    assert ingest_command[:3] == receiver[:3] == ["uvicorn", "ingest.app:create_app", "--factory"]
+    # crm-ingest is the console script of the module crm-run starts.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["crm-ingest"] == "ingest.serve:main"
+    assert ingest_command[0] == "crm-ingest" and receiver[0] == "ingest.serve"
     assert flags(receiver) <= flags(ingest_command)
     assert option(ingest_command, "--port") == "8000"
 

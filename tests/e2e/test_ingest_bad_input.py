@@ -270,8 +270,7 @@ def test_receiver_refuses_to_start_with_bypass_in_production(stack_env: dict[str
         "HMAC_SHARED_SECRET_CALCOM": "real-calcom-secret",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "ingest.app:create_app", "--factory",
-        "--port", str(free_port()),
+        sys.executable, "-m", "ingest.serve", "--port", str(free_port()),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=60, check=False)
     assert done.returncode != 0
