@@ -47,6 +47,8 @@ def _config() -> dict[str, Any]:
     settings = get_settings()
     return {
         "broker_url": settings.celery_broker_url,
+        # A full or read-only Redis pauses the consumer instead of ending it (worker/broker.py).
+        "broker_transport": "worker.broker:Transport",
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.broker_visibility_timeout,
