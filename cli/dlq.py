@@ -138,10 +138,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if missing else 0
         replayer = Replayer(engine, client, settings.broker_visibility_timeout)
         return _replay(args, replayer, filters)
-    except (SQLAlchemyError, RedisError) as exc:
+    except SQLAlchemyError as exc:
         where = f"{settings.pg_host}:{settings.pg_port}"
         print(
-            f"crm-dlq: {type(exc).__name__}: are PostgreSQL ({where}) and Redis up?",
+            f"crm-dlq: PostgreSQL at {where} failed ({type(exc).__name__}); "
+            "check PG_HOST, PG_PORT, PG_DATABASE, PG_USER, PG_PASSWORD and that it runs",
+            file=sys.stderr,
+        )
+        return 1
+    except RedisError as exc:
+        print(
+            f"crm-dlq: Redis failed ({type(exc).__name__}: {exc}); "
+            "check CELERY_BROKER_URL / REDIS_URL and that it runs",
             file=sys.stderr,
         )
         return 1

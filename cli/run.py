@@ -74,16 +74,24 @@ def worker_command(
 
 def check_redis(settings: Settings) -> str | None:
     """None when Redis answers; otherwise the one line that tells the operator what to do."""
-    for url in dict.fromkeys((settings.redis_url, settings.celery_broker_url)):
+    for name, url in {
+        "REDIS_URL": settings.redis_url,
+        "CELERY_BROKER_URL": settings.celery_broker_url,
+    }.items():
         parts = urlsplit(url)
+        where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
         try:
             redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-        except redis.RedisError:
+        except redis.AuthenticationError as exc:  # a ConnectionError to redis-py, yet an answer
+            return f"Redis at {where} ({name}) answered: {exc}"
+        except (redis.ConnectionError, redis.TimeoutError):
             return (
-                f"Redis is not answering at {parts.hostname}:{parts.port or 6379} "
-                "(REDIS_URL / CELERY_BROKER_URL). Start it with `redis-server --daemonize yes` "
-                "or `docker compose up -d postgres redis`."
+                f"Redis is not answering at {where} ({name}). Start it with "
+                "`redis-server --daemonize yes` or `docker compose up -d postgres redis`."
             )
+        except redis.RedisError as exc:
+            # It runs and said no (a database index out of range, a wrong password): its words.
+            return f"Redis at {where} ({name}) answered: {exc}"
     return None
 
 
@@ -168,6 +176,30 @@ def _supervise(children: list[_Child]) -> int:
     return exit_code
 
 
+def welcome(settings: Settings, host: str, concurrency: int) -> str:
+    """What a developer needs once, at start: where to point senders, and with what. A secret
+    is shown only outside production, where the development defaults are no secret anyway."""
+    base = f"http://{host}:{settings.ingest_port}"
+    lines = [
+        f"crm-run: receiver on {base}, worker concurrency {concurrency}; Ctrl-C stops both",
+        f"  Instantly webhook: {base}/webhooks/instantly  (header Authorization: Bearer <secret>)",
+        f"  Cal.com webhook:   {base}/webhooks/calcom  (its signing secret: the Cal.com secret)",
+    ]
+    if settings.is_production:
+        lines.append(
+            "  secrets: HMAC_SHARED_SECRET_INSTANTLY and HMAC_SHARED_SECRET_CALCOM (not shown)"
+        )
+    else:
+        for name, secrets in (
+            ("HMAC_SHARED_SECRET_INSTANTLY", settings.hmac_secrets_instantly),
+            ("HMAC_SHARED_SECRET_CALCOM", settings.hmac_secrets_calcom),
+        ):
+            shown = ",".join(secret.get() for secret in secrets)
+            lines.append(f"  {settings.app_env} secret {name}={shown}")
+    lines.append("  a token for /events and /admin: .venv/bin/crm-token --sub $USER --role admin")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="crm-run",
@@ -178,7 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-migrate", action="store_true", help="do not bootstrap or migrate first"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes for this run (default WORKER_CONCURRENCY, 2)",
+    )
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -193,18 +233,15 @@ def main(argv: list[str] | None = None) -> int:
             code = db_cli.main(step)
             if code != 0:
                 return code
+    concurrency = args.workers or settings.worker_concurrency
     # One metrics directory for both: the receiver's /metrics then includes the worker pool's.
     metrics_dir = tempfile.mkdtemp(prefix="crm-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     children = [
         _Child("receiver", receiver_command(settings, args.host), env),
-        _Child("worker", worker_command(settings), env),
+        _Child("worker", worker_command(settings, concurrency=concurrency), env),
     ]
-    print(
-        f"crm-run: receiver on http://{args.host}:{settings.ingest_port}, "
-        f"worker concurrency {settings.worker_concurrency}; Ctrl-C stops both",
-        file=sys.stderr,
-    )
+    print(welcome(settings, args.host, concurrency), file=sys.stderr)
     try:
         return _supervise(children)
     finally:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 APP_ENVS = ("development", "test", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -73,6 +73,7 @@ class Settings:
     pg_readonly_password: Secret = field(default_factory=lambda: Secret("dev-readonly-change-me"))
     # A statement waiting this long for a lock gives up; the worker retries it later.
     pg_lock_timeout_ms: int = 5000
+    # Unset: the postgres superuser on PG_HOST:PG_PORT, so bootstrap and the app meet one server.
     pg_superuser_url: Secret = field(
         default_factory=lambda: Secret("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     )
@@ -145,6 +146,10 @@ class Settings:
         )
 
 
+def _host_in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _pg_url(*, user: str, password: str, host: str, port: int, database: str, sslmode: str) -> str:
     auth = quote(user, safe="")
     if password:
@@ -211,6 +216,35 @@ def _psycopg2_url(secret: Secret) -> Secret:
     return secret
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """A Redis URL, checked now: a malformed one would fail later, far from its cause."""
+    url = env.get(name, "").strip() or default
+    example = f"e.g. {name}=redis://127.0.0.1:6379/0"
+    parts = urlsplit(url)
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise SettingsError(
+            f"{name} must start with redis://, rediss:// or unix:// ({example}); "
+            f"it has {f'the scheme {parts.scheme!r}' if parts.scheme else 'none'}"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise SettingsError(f"{name} needs a socket path, e.g. unix:///run/redis.sock")
+        return url
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise SettingsError(f"{name} has a port that is not a number ({example})") from None
+    if not parts.hostname:
+        raise SettingsError(f"{name} has no host ({example})")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise SettingsError(f"{name}: the database after the last / must be a number ({example})")
+    return url
+
+
 def _secret_list(
     env: Mapping[str, str], name: str, default: tuple[Secret, ...]
 ) -> tuple[Secret, ...]:
@@ -223,12 +257,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment. Raises SettingsError naming the bad variable."""
     env = os.environ if env is None else env
     base = Settings()
-    redis_url = env.get("REDIS_URL", "").strip() or base.redis_url
+    redis_url = _redis_url(env, "REDIS_URL", base.redis_url)
+    pg_host = env.get("PG_HOST", "").strip() or base.pg_host
+    pg_port = _int(env, "PG_PORT", base.pg_port, minimum=1)
+    superuser = env.get("PG_SUPERUSER_URL", "").strip()
     settings = Settings(
         app_env=_choice(env, "APP_ENV", base.app_env, APP_ENVS),
         log_level=_choice(env, "LOG_LEVEL", base.log_level, LOG_LEVELS),
-        pg_host=env.get("PG_HOST", "").strip() or base.pg_host,
-        pg_port=_int(env, "PG_PORT", base.pg_port, minimum=1),
+        pg_host=pg_host,
+        pg_port=pg_port,
         pg_database=env.get("PG_DATABASE", "").strip() or base.pg_database,
         pg_user=env.get("PG_USER", "").strip() or base.pg_user,
         pg_password=_secret(env, "PG_PASSWORD", base.pg_password),
@@ -237,9 +274,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pg_admin_password=_secret(env, "PG_ADMIN_PASSWORD", base.pg_admin_password),
         pg_readonly_password=_secret(env, "PG_READONLY_PASSWORD", base.pg_readonly_password),
         pg_lock_timeout_ms=_int(env, "PG_LOCK_TIMEOUT_MS", base.pg_lock_timeout_ms),
-        pg_superuser_url=_psycopg2_url(_secret(env, "PG_SUPERUSER_URL", base.pg_superuser_url)),
+        pg_superuser_url=_psycopg2_url(
+            Secret(superuser or f"postgresql://postgres@{_host_in_url(pg_host)}:{pg_port}/postgres")
+        ),
         redis_url=redis_url,
-        celery_broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
+        celery_broker_url=_redis_url(env, "CELERY_BROKER_URL", redis_url),
         jwt_secret=_secret(env, "JWT_SECRET", base.jwt_secret),
         dev_signature_bypass=_bool(env, "DEV_SIGNATURE_BYPASS", base.dev_signature_bypass),
         hmac_secrets_instantly=_secret_list(

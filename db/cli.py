@@ -65,10 +65,16 @@ def superuser_url(settings: Settings, *, database: str | None = None) -> URL:
     return url if database is None else url.set(database=database)
 
 
+# What to check when a connection fails, by who connects.
+_SUPERUSER_VARIABLES = "PG_SUPERUSER_URL, or PG_HOST / PG_PORT when it is unset"
+_ADMIN_VARIABLES = "PG_HOST, PG_PORT, PG_ADMIN_USER, PG_ADMIN_PASSWORD"
+
+
 def bootstrap(settings: Settings, *, echo: Echo = print) -> None:
     """Create the three LOGIN roles and the database if missing; app_admin owns schema public."""
     server = superuser_url(settings)
     where = f"{server.host or 'localhost'}:{server.port or 5432}"
+    echo(f"bootstrap: as {server.username or '?'} on {where} (PG_SUPERUSER_URL)")
     roles = (
         (settings.pg_admin_user, settings.pg_admin_password.get()),
         (settings.pg_user, settings.pg_password.get()),
@@ -98,7 +104,9 @@ def _run_alembic(settings: Settings, step: Callable[[Config, str], None], revisi
         if not _is_connect_error(exc):
             raise
         where = f"{settings.pg_host}:{settings.pg_port}"
-        raise DatabaseUnavailable(_describe(exc, where, settings.pg_admin_user)) from None
+        raise DatabaseUnavailable(
+            _describe(exc, where, settings.pg_admin_user, _ADMIN_VARIABLES)
+        ) from None
 
 
 @contextmanager
@@ -112,7 +120,9 @@ def _autocommit(url: URL, where: str) -> Iterator[Connection]:
         try:
             conn = engine.connect()
         except OperationalError as exc:
-            raise DatabaseUnavailable(_describe(exc, where, url.username or "?")) from None
+            raise DatabaseUnavailable(
+                _describe(exc, where, url.username or "?", _SUPERUSER_VARIABLES)
+            ) from None
         with conn:
             yield conn
     finally:
@@ -124,16 +134,16 @@ def _is_connect_error(exc: OperationalError) -> bool:
     return detail.startswith(("connection to server", "could not connect to server"))
 
 
-def _describe(exc: OperationalError, where: str, user: str) -> str:
+def _describe(exc: OperationalError, where: str, user: str, variables: str) -> str:
     detail = str(exc.orig).strip()
     if any(marker in detail.lower() for marker in _UNREACHABLE):
-        return f"PostgreSQL is not answering at {where}; {START_HINT}"
+        return f"PostgreSQL is not answering at {where} (check {variables}); {START_HINT}"
     # libpq puts the server's reason ("FATAL: database ... does not exist") after the address;
     # it never echoes a password.
     reason = " ".join(detail.rsplit("failed:", 1)[-1].split("\n", 1)[0].split())
     return (
         f"PostgreSQL at {where} refused the connection as {user}: {reason} "
-        "(run `crm-db bootstrap` if the role or database is missing)"
+        f"(check {variables}; run `crm-db bootstrap` if the role or database is missing)"
     )
 
 

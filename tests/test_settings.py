@@ -3,6 +3,8 @@ errors that name the variable but never show its value."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common.settings import Secret, Settings, SettingsError, load_settings
@@ -179,3 +181,53 @@ def test_the_poison_lead_fault_point_is_refused_outside_tests() -> None:
 def test_task_max_worker_lost_defaults_to_three_and_must_be_positive() -> None:
     assert load_settings({}).task_max_worker_lost == 3
     assert "TASK_MAX_WORKER_LOST" in _refused({"TASK_MAX_WORKER_LOST": "0"})
+
+
+def _env_example() -> dict[str, str]:
+    """What `set -a; . ./.env.example` puts into the environment."""
+    values = {}
+    for line in (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = value
+    return values
+
+
+def test_env_example_shows_the_real_development_defaults() -> None:
+    assert load_settings(_env_example()) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("127.0.0.1:6379", "must start with redis://"),
+        ("http://127.0.0.1:6379/0", "the scheme 'http'"),
+        ("redis://:6379/0", "no host"),
+        ("redis://127.0.0.1:six/0", "port that is not a number"),
+        ("redis://127.0.0.1:6379/zero", "database after the last / must be a number"),
+    ],
+)
+@pytest.mark.parametrize("name", ["REDIS_URL", "CELERY_BROKER_URL"])
+def test_malformed_redis_urls_are_refused_with_an_example(
+    name: str, url: str, fragment: str
+) -> None:
+    message = _refused({name: url})
+    assert message.startswith(name) and fragment in message
+    assert f"e.g. {name}=redis://127.0.0.1:6379/0" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "rediss://:pw@cache.example.com:6380/2", "unix:///run/r.sock"],
+)
+def test_well_formed_redis_urls_load(url: str) -> None:
+    assert load_settings({"REDIS_URL": url}).celery_broker_url == url
+
+
+def test_bootstrap_defaults_to_the_servers_host_and_port() -> None:
+    settings = load_settings({"PG_HOST": "db.internal", "PG_PORT": "5499"})
+    assert settings.pg_superuser_url.get() == (
+        "postgresql+psycopg2://postgres@db.internal:5499/postgres"
+    )
+    explicit = load_settings({"PG_PORT": "5499", "PG_SUPERUSER_URL": "postgresql://su@other/x"})
+    assert explicit.pg_superuser_url.get() == "postgresql+psycopg2://su@other/x"

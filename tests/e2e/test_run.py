@@ -70,6 +70,11 @@ def test_a_worker_that_dies_is_restarted_while_the_receiver_keeps_answering(
     try:
         wait_for(lambda: _healthy(url), timeout=60, message="the receiver did not come up")
         wait_for(lambda: run.output().count(" ready.") == 1, timeout=60, message="no worker")
+        # Said once at start: where to point the senders, and (outside production) with what.
+        assert run.output().count(f"Instantly webhook: {url}/webhooks/instantly") == 1
+        assert f"Cal.com webhook:   {url}/webhooks/calcom" in run.output()
+        assert "HMAC_SHARED_SECRET_CALCOM=test-calcom-secret" in run.output()
+        assert "crm-token --sub" in run.output()
         [worker] = run.children("celery")
         os.kill(worker, signal.SIGKILL)
 
