@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from bench.reference import apply_reference
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.settings import get_settings
-from ingest.auth import authentic
+from ingest.auth import refusal
 from ingest.idempotency import derive_key
 
 NAIVE_QUEUE = "bench-naive"
@@ -47,7 +47,7 @@ def process_reply(envelope: dict[str, Any]) -> None:
 async def naive_receiver(request: Request) -> Response:
     settings = request.app.state.settings
     body = await request.body()
-    if not authentic("instantly", request.headers, body, settings):
+    if refusal("instantly", request.headers, body, settings) is not None:
         return JSONResponse({"error": "Missing or invalid signature"}, status_code=401)
     payload = json.loads(body)
     key = derive_key("instantly", request.headers, payload)

@@ -33,6 +33,12 @@ DELIVERIES = Counter(
     "client_disconnected) and reason.",
     ["provider", "outcome", "reason"],
 )
+AUTH_REFUSALS = Counter(
+    "crm_webhook_auth_refusals_total",
+    "Deliveries answered 401, by provider and why (no_credentials, repeated_header, "
+    "malformed_signature, not_bearer, no_secret_configured, no_secret_matched).",
+    ["provider", "reason"],
+)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 REQUEST_SECONDS = Histogram(
     "crm_webhook_request_duration_seconds",

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import jsonexact
+from common import metrics as common_metrics
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
 from common.providers import PROVIDERS
@@ -150,8 +151,15 @@ async def receive_webhook(request: Request) -> Response:
     except TimeoutError:
         return error(408, f"Body not received within {settings.body_timeout_seconds} s")
 
-    if not auth.authentic(provider.name, request.headers, body, settings):
+    refused = auth.refusal(provider.name, request.headers, body, settings)
+    if refused is not None:
         if not settings.dev_signature_bypass:
+            client = request.client.host if request.client else "unknown"
+            logger.warning(
+                "%s delivery from %s refused: %s",
+                provider.name, client, auth.DESCRIPTIONS[refused],
+            )  # fmt: skip
+            common_metrics.AUTH_REFUSALS.labels(provider.name, refused).inc()
             return error(401, "Missing or invalid signature")
         logger.warning("DEV_SIGNATURE_BYPASS let an unauthenticated %s delivery in", provider.name)
 
