@@ -64,6 +64,13 @@ def run(url: str, secret: str, token: str, timeout: float) -> bool:
 
     with httpx.Client(base_url=url.rstrip("/"), timeout=10) as client:
         first = _post(client, body, secret, key)
+        if first.status_code == 401:
+            return step(
+                False,
+                "first delivery: 401 (want 202): --secret (or HMAC_SHARED_SECRET_INSTANTLY here) "
+                "must be one of the service's HMAC_SHARED_SECRET_INSTANTLY values; its log "
+                "line for this refusal says which check failed",
+            )
         if not step(first.status_code == 202, f"first delivery: {first.status_code} (want 202)"):
             return False
         event_id = first.json()["event_id"]
@@ -125,8 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return 0 if run(args.url, secret, token, args.timeout) else 1
     except httpx.HTTPError as exc:
-        print(f"FAIL cannot reach {args.url}: {type(exc).__name__}", flush=True)
+        print(f"FAIL cannot reach {args.url}: {_cause(exc)}", flush=True)
         return 1
+
+
+def _cause(exc: httpx.HTTPError) -> str:
+    """What went wrong in words: httpx's class name alone ('ConnectError') says little."""
+    reason: BaseException = exc
+    while reason.__cause__ is not None or reason.__context__ is not None:
+        reason = reason.__cause__ or reason.__context__  # type: ignore[assignment]
+    detail = str(reason) or str(exc) or "no detail"
+    return f"{type(exc).__name__}: {detail}"
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from tests.e2e.stack import ROOT, Process, wait_processed
 from tests.payloads import INSTANTLY_SECRET, encode, reply, signed_headers
+from tests.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -151,6 +152,14 @@ def test_crm_smoke_fails_with_a_clear_line_on_a_wrong_secret(
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stdout.startswith("FAIL first delivery: 401")
+    assert "must be one of the service's HMAC_SHARED_SECRET_INSTANTLY values" in done.stdout
+
+
+def test_crm_smoke_names_the_cause_when_nothing_answers(stack_env: dict[str, str]) -> None:
+    done = _command("crm-smoke", "--url", f"http://127.0.0.1:{free_port()}", env=stack_env)
+    assert done.returncode == 1
+    assert "FAIL cannot reach" in done.stdout
+    assert "Connection refused" in done.stdout
 
 
 def test_worker_health_command_answers_for_a_live_worker_only(
