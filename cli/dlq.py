@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.replay import Outcome, Replayer, filters_from
+from common.replay import ANY_STATUS, Outcome, Replayer, filters_from
 from common.settings import SettingsError, load_settings
 from db import dead_letters
 from db.engine import make_engine
@@ -27,7 +27,7 @@ _COLUMNS = ("id", "status", "reason", "provider", "event_type", "attempts", "las
 def _add_filters(parser: argparse.ArgumentParser, *, status_help: str) -> None:
     parser.add_argument("--provider", help="only this provider, e.g. instantly")
     parser.add_argument("--reason", help="only this reason, e.g. config_error")
-    parser.add_argument("--status", choices=DEAD_LETTER_STATUSES, help=status_help)
+    parser.add_argument("--status", choices=(*DEAD_LETTER_STATUSES, ANY_STATUS), help=status_help)
     parser.add_argument("--since", help="last failure at or after this ISO 8601 time")
     parser.add_argument("--until", help="last failure before this ISO 8601 time")
     parser.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="list dead letters (default: the open ones)")
-    _add_filters(listing, status_help="open (default), replayed or discarded")
+    _add_filters(listing, status_help="open (default), replayed, discarded or all")
     listing.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     show = commands.add_parser("show", help="one dead letter: envelope, error, traceback")
@@ -54,12 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("ids", type=int, nargs="*", metavar="ID")
     replay.add_argument("--all", action="store_true", help="every dead letter the filters match")
-    _add_filters(replay, status_help="with --all: open (default), replayed or discarded")
-    replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+    _add_filters(replay, status_help="with --all: open (default), replayed, discarded or all")
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what the replay would do, row by row, and change nothing",
+    )
 
     discard = commands.add_parser("discard", help="take dead letters off the open list")
     discard.add_argument("ids", type=int, nargs="+", metavar="ID")
     return parser
+
+
+_ERROR_WIDTH = 60
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:
@@ -67,35 +74,55 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
         print("no dead letters match")
         return
     header = [*_COLUMNS, "error"]
-    table = [header] + [
-        [*(str(row[c]) for c in _COLUMNS), f"{row['error_class']}: {row['error_message']}"[:60]]
-        for row in rows
-    ]
+    table = [header] + [[*(str(row[c]) for c in _COLUMNS), _error_cell(row)] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
     for line in table:
         cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
         print("  ".join([*cells, line[-1]]).rstrip())
 
 
+def _error_cell(row: dict[str, Any]) -> str:
+    text = f"{row['error_class']}: {row['error_message']}".replace("\n", " ")
+    return text if len(text) <= _ERROR_WIDTH else text[: _ERROR_WIDTH - 1] + "…"
+
+
 def _replay(args: argparse.Namespace, replayer: Replayer, filters: dead_letters.Filters) -> int:
-    if args.all == bool(args.ids):
+    if args.all and args.ids:
         print("crm-dlq replay: give dead letter IDs or --all, not both", file=sys.stderr)
         return 2
+    if not args.all and not args.ids:
+        print(
+            "crm-dlq replay: say which: dead letter IDs, or --all for every one the filters "
+            "match (see crm-dlq list)",
+            file=sys.stderr,
+        )
+        return 2
     ids: list[int] = replayer.matching(filters) if args.all else args.ids
-    if args.dry_run:
-        listed = " ".join(str(i) for i in ids) or "-"
-        print(f"dry run: {len(ids)} dead letter(s) would be replayed: {listed}")
-        return 0
+    would = "would be " if args.dry_run else ""
+    replayed: list[int] = []
 
     def progress(position: int, outcome: Outcome) -> None:
-        line = f"[{position}/{len(ids)}] dead letter {outcome.dead_letter_id}: {outcome.status}"
-        print(f"{line} {outcome.detail}".rstrip(), flush=True)
+        if outcome.status == "replayed":
+            replayed.append(outcome.dead_letter_id)
+        line = f"[{position}/{len(ids)}] dead letter {outcome.dead_letter_id}: {would}"
+        print(f"{line}{outcome.status} {outcome.detail}".rstrip(), flush=True)
 
-    summary = replayer.replay_many(ids, progress)
-    print(f"replayed {summary.replayed}, skipped {summary.skipped}, failed {summary.failed}")
+    summary = replayer.replay_many(ids, progress, dry_run=args.dry_run)
+    if args.dry_run:
+        listed = " ".join(map(str, replayed)) or "-"
+        print(
+            f"dry run: {summary.replayed} dead letter(s) would be replayed: {listed}; "
+            f"{summary.skipped} skipped, {summary.failed} failed"
+        )
+    else:
+        print(f"replayed {summary.replayed}, skipped {summary.skipped}, failed {summary.failed}")
     for failure in summary.failures:
-        print(f"crm-dlq: dead letter {failure['id']} failed: {failure['reason']}", file=sys.stderr)
+        print(
+            f"crm-dlq: dead letter {failure['id']} {would}failed: {failure['reason']}",
+            file=sys.stderr,
+        )
     # Named IDs that were not there are a failure of the request; --all matched what exists.
+    # A dry run exits as the real run would.
     return 1 if summary.failed or (args.ids and summary.skipped) else 0
 
 

@@ -49,15 +49,24 @@ class Replayer:
     def close(self) -> None:
         self._client.close()
 
-    def replay_one(self, dead_letter_id: int) -> Outcome:
+    def replay_one(self, dead_letter_id: int, *, dry_run: bool = False) -> Outcome:
+        """Queue one dead letter's envelope again; with `dry_run`, the outcome the real replay
+        would have, from the same checks, with nothing written or queued."""
         try:
             with self._engine.begin() as conn:
-                stored = dead_letters.claim_for_replay(conn, dead_letter_id=dead_letter_id)
+                if dry_run:
+                    row = dead_letters.get_dead_letter(conn, dead_letter_id=dead_letter_id)
+                    stored = row["envelope"] if row and row["status"] != "discarded" else None
+                else:
+                    stored = dead_letters.claim_for_replay(conn, dead_letter_id=dead_letter_id)
                 if stored is None:
                     return Outcome(dead_letter_id, "skipped", "no such dead letter, or discarded")
                 envelope = Envelope.from_dict(stored)
-                # Queued before the mark commits: a failed push rolls the mark back.
-                queue.enqueue(self._client, envelope, grace_seconds=self._grace)
+                if dry_run:
+                    queue.message.build(envelope)  # what would be queued: it must be buildable
+                else:
+                    # Queued before the mark commits: a failed push rolls the mark back.
+                    queue.enqueue(self._client, envelope, grace_seconds=self._grace)
         except EnvelopeError as exc:
             detail = f"stored envelope cannot be queued: {exc}"
             return Outcome(dead_letter_id, "failed", detail, retryable=False)
@@ -75,13 +84,17 @@ class Replayer:
             return dead_letters.matching_ids(conn, filters)
 
     def replay_many(
-        self, ids: list[int], progress: Callable[[int, Outcome], None] | None = None
+        self,
+        ids: list[int],
+        progress: Callable[[int, Outcome], None] | None = None,
+        *,
+        dry_run: bool = False,
     ) -> Summary:
-        """Replay each in turn, whatever happens to the others."""
+        """Replay each in turn, whatever happens to the others (`dry_run`: as replay_one)."""
         counts: Counter[str] = Counter({"replayed": 0, "skipped": 0, "failed": 0})
         failures: list[dict[str, object]] = []
         for position, dead_letter_id in enumerate(ids, start=1):
-            outcome = self.replay_one(dead_letter_id)
+            outcome = self.replay_one(dead_letter_id, dry_run=dry_run)
             counts[outcome.status] += 1
             if outcome.status == "failed":
                 failures.append({"id": dead_letter_id, "reason": outcome.detail})
@@ -91,6 +104,7 @@ class Replayer:
 
 
 MAX_LIMIT = 1000
+ANY_STATUS = "all"  # a status filter that matches every status
 
 
 def _timestamp(name: str, value: object) -> datetime | None:
@@ -124,11 +138,13 @@ def filters_from(
         raise ValueError("'limit' must be a whole number") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"'limit' must be between 1 and {MAX_LIMIT}")
-    status = _text("status", params.get("status"), DEAD_LETTER_STATUSES)
+    status = _text("status", params.get("status"), (*DEAD_LETTER_STATUSES, ANY_STATUS))
+    if status is None:
+        status = default_status
     return dead_letters.Filters(
         provider=_text("provider", params.get("provider")),
         reason=_text("reason", params.get("reason")),
-        status=status if status is not None else default_status,
+        status=None if status == ANY_STATUS else status,
         since=_timestamp("since", params.get("since")),
         until=_timestamp("until", params.get("until")),
         limit=limit,

@@ -324,6 +324,52 @@ def test_dry_run_changes_nothing_and_discard_hides_but_keeps_the_row(
     assert json.loads(shown.stdout)["envelope"]["event_id"] == events[1]
 
 
+def test_a_dry_run_reports_what_the_real_run_does_skips_included(
+    stack: str, superuser_engine: Engine, stack_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    events = [post(stack, reply(f"bad{i}@drier.example.com", lead_email=None, email=None,
+                                email_id=f"drier-{i}")) for i in range(2)]  # fmt: skip
+    ids = [wait_dead_letter(superuser_engine, event_id)["id"] for event_id in events]
+    assert crm_dlq(stack_env, "discard", str(ids[0])).returncode == 0
+
+    dry = crm_dlq(stack_env, "replay", "--all", "--status", "all", "--dry-run")
+    real = crm_dlq(stack_env, "replay", "--all", "--status", "all")
+
+    assert dry.returncode == real.returncode == 0, dry.stderr + real.stderr
+    assert f"dead letter {ids[0]}: would be skipped" in dry.stdout
+    assert f"dead letter {ids[1]}: would be replayed" in dry.stdout
+    assert f"dry run: 1 dead letter(s) would be replayed: {ids[1]}; 1 skipped, 0 failed" in (
+        dry.stdout
+    )
+    assert f"dead letter {ids[0]}: skipped" in real.stdout
+    assert "replayed 1, skipped 1, failed 0" in real.stdout
+    # Named: a discarded one is skipped, which fails the request, in the dry run as for real.
+    named_dry = crm_dlq(stack_env, "replay", str(ids[0]), "--dry-run")
+    named = crm_dlq(stack_env, "replay", str(ids[0]))
+    assert named_dry.returncode == named.returncode == 1
+
+
+def test_crm_dlq_says_what_a_replay_is_missing_and_marks_cut_errors(
+    stack: str, superuser_engine: Engine, stack_env: dict[str, str]
+) -> None:
+    missing = crm_dlq(stack_env, "replay", "--dry-run")
+    assert missing.returncode == 2
+    assert "say which: dead letter IDs, or --all" in missing.stderr
+    both = crm_dlq(stack_env, "replay", "1", "--all")
+    assert both.returncode == 2 and "not both" in both.stderr
+    bodies = [
+        reply(None, lead_email=None, email=None, email_id="cut-error"),
+        reply(None, lead_email=123, email=None, email_id="short-error"),
+    ]
+    letters = [wait_dead_letter(superuser_engine, post(stack, body)) for body in bodies]
+    errors = [f"{letter['error_class']}: {letter['error_message']}" for letter in letters]
+    assert [len(error) > 60 for error in errors] == [True, False], errors  # both kinds shown
+    table = crm_dlq(stack_env, "list", "--status", "all").stdout.splitlines()
+    for letter, error in zip(letters, errors, strict=True):
+        [row] = [line for line in table if line.startswith(f"{letter['id']} ")]
+        assert row.endswith(error if len(error) <= 60 else error[:59] + "…"), row
+
+
 def test_crm_dlq_exit_codes(stack: str, stack_env: dict[str, str]) -> None:
     assert crm_dlq(stack_env, "show", "999999").returncode == 1
     assert crm_dlq(stack_env, "replay", "999999").returncode == 1
