@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from common.settings import Settings, SettingsError, load_settings
+from db.engine import server_reason
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
@@ -138,9 +139,7 @@ def _describe(exc: OperationalError, where: str, user: str, variables: str) -> s
     detail = str(exc.orig).strip()
     if any(marker in detail.lower() for marker in _UNREACHABLE):
         return f"PostgreSQL is not answering at {where} (check {variables}); {START_HINT}"
-    # libpq puts the server's reason ("FATAL: database ... does not exist") after the address;
-    # it never echoes a password.
-    reason = " ".join(detail.rsplit("failed:", 1)[-1].split("\n", 1)[0].split())
+    reason = server_reason(exc)
     return (
         f"PostgreSQL at {where} refused the connection as {user}: {reason} "
         f"(check {variables}; run `crm-db bootstrap` if the role or database is missing)"

@@ -183,3 +183,14 @@ def discard(conn: Connection, *, dead_letter_id: int) -> bool:
         .values(status="discarded", updated_at=func.now())
     )
     return bool(done.rowcount)
+
+
+def open_by_reason(conn: Connection) -> dict[str, int]:
+    """How many dead letters wait for an admin, by reason."""
+    query = (
+        select(dead_letters.c.reason, func.count())
+        .where(dead_letters.c.status == "open")
+        .group_by(dead_letters.c.reason)
+        .order_by(dead_letters.c.reason)
+    )
+    return {reason: int(count) for reason, count in conn.execute(query)}

@@ -24,3 +24,10 @@ def make_engine(
         max_overflow=pool_size,
         connect_args=connect_args,
     )
+
+
+def server_reason(exc: BaseException) -> str:
+    """What PostgreSQL (or libpq) said, on one line, without the driver's framing: libpq puts
+    the reason ("FATAL: database ... does not exist") after the address, and never a password."""
+    detail = str(getattr(exc, "orig", None) or exc).strip()
+    return " ".join(detail.rsplit("failed:", 1)[-1].split("\n", 1)[0].split())

@@ -139,3 +139,11 @@ def get_event(conn: Connection, *, event_id: UUID) -> dict[str, Any] | None:
         "result": row.result,
         "error": row.error,
     }
+
+
+def finished_since(conn: Connection, *, seconds: float) -> int:
+    """Events whose outcome was committed in the last `seconds`."""
+    query = select(func.count()).where(
+        webhook_events.c.processed_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+    )
+    return int(conn.execute(query).scalar_one())

@@ -17,12 +17,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common import jsonexact
+from common import jsonexact, overview
 from common import metrics as common_metrics
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
@@ -229,6 +230,25 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+async def healthz_details(request: Request) -> Response:
+    """Each dependency's state, for people and dashboards; /readyz keeps its meaning (Redis
+    answers) for load balancers, since webhooks are taken while PostgreSQL is down."""
+    settings: Settings = request.app.state.settings
+    states = await run_in_threadpool(
+        overview.dependencies,
+        overview.redis_urls(settings.redis_url, settings.celery_broker_url),
+        status.engine(request.app),
+    )
+    refused = request.app.state.backpressure.reason
+    return JSONResponse(
+        {
+            "status": "ok" if all(state == "ok" for state in states.values()) else "degraded",
+            "dependencies": states,
+            "deliveries": f"refused: {refused}" if refused else "accepted",
+        }
+    )
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "Not found", 405: "Method not allowed"}
@@ -306,6 +326,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/webhooks/{provider}", metrics.instrumented(receive_webhook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/healthz/details", healthz_details, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *status.routes,
             *admin.routes,

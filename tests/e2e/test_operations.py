@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from tests.e2e.stack import ROOT, Process, wait_processed
+from tests.e2e.stack import ROOT, IsolatedStack, Process, wait_processed
+from tests.helpers import wait_for
 from tests.payloads import INSTANTLY_SECRET, encode, reply, signed_headers
 from tests.redis_server import free_port
 
@@ -177,3 +178,76 @@ def test_worker_health_command_answers_for_a_live_worker_only(
 def test_health_and_readiness(stack: str) -> None:
     assert httpx.get(f"{stack}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{stack}/readyz").json() == {"status": "ready"}
+
+
+def test_crm_status_reports_a_healthy_stack(stack: str, stack_env: dict[str, str]) -> None:
+    done = _command("crm-status", "--json", env=stack_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = json.loads(done.stdout)
+    for key in ("queue_depth", "oldest_queued_seconds", "in_flight", "dead_letters_open"):
+        assert key in status
+    assert f"worker@{socket.gethostname()}" in status["workers"]
+    assert status["dependencies"] == {"redis": "ok", "postgresql": "ok"}
+    assert status["ok"] is True and status["problems"] == []
+    table = _command("crm-status", env=stack_env)
+    assert table.returncode == 0 and "status           ok" in table.stdout
+
+
+def test_crm_status_fails_on_a_backlog_with_no_worker(
+    isolated: IsolatedStack, superuser_engine: Engine
+) -> None:
+    _, url = isolated.receiver()
+    for index in range(3):
+        raw = encode(reply(f"status{index}@status.example.com"))
+        assert (
+            httpx.post(
+                f"{url}/webhooks/instantly", content=raw, headers=signed_headers(raw)
+            ).status_code
+            == 202
+        )
+    done = _command("crm-status", "--json", "--max-age", "0", env=isolated.env)
+    assert done.returncode == 1
+    status = json.loads(done.stdout)
+    assert status["queue_depth"] == 3 and status["in_flight"] == 3
+    assert status["oldest_queued_seconds"] > 0
+    assert status["workers"] == []
+    assert "no worker answered a ping" in status["problems"]
+    assert any("oldest queued event" in problem for problem in status["problems"])
+
+
+def test_crm_status_watch_refreshes_until_stopped(
+    stack: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = (tmp_path / "watch.log").open("wb")
+    watch = subprocess.Popen(
+        [str(Path(sys.executable).with_name("crm-status")), "--json", "--watch", "0.2"],
+        env=stack_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: (tmp_path / "watch.log").read_text().count('"queue_depth"') >= 2,
+            timeout=30,
+            message="crm-status --watch did not check twice",
+        )
+    finally:
+        watch.terminate()
+        watch.wait(timeout=30)
+        out.close()
+
+
+def test_healthz_details_names_each_dependency_and_readyz_keeps_its_meaning(
+    stack: str, isolated: IsolatedStack
+) -> None:
+    details = httpx.get(f"{stack}/healthz/details")
+    assert details.status_code == 200
+    assert details.json() == {
+        "status": "ok",
+        "dependencies": {"redis": "ok", "postgresql": "ok"},
+        "deliveries": "accepted",
+    }
+    _, url = isolated.receiver(PG_PORT=str(free_port()))  # no PostgreSQL there
+    degraded = httpx.get(f"{url}/healthz/details", timeout=30).json()
+    assert degraded["status"] == "degraded"
+    assert degraded["dependencies"]["redis"] == "ok"
+    assert degraded["dependencies"]["postgresql"].startswith("OperationalError")
+    assert httpx.get(f"{url}/readyz").status_code == 200  # webhooks are still taken

@@ -1,0 +1,107 @@
+"""One picture of the running system for operators, taken the same way for `crm-status` and
+`GET /healthz/details`: the queue, what is in flight, the dead letters, recent throughput, the
+workers and the state of each dependency. A part whose source is down is left out and that
+dependency says why, so the rest still shows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from common import queue
+from db import dead_letters, events
+from db.engine import server_reason
+
+RECENT_SECONDS = 300
+
+
+@dataclass
+class Overview:
+    queue_depth: int | None = None
+    oldest_queued_seconds: float | None = None
+    in_flight: int | None = None
+    overdue: int | None = None
+    dead_letters_open: dict[str, int] | None = None
+    processed_last_5m: int | None = None
+    workers: list[str] | None = None  # None: not asked
+    # "ok", or what went wrong, by dependency: redis (and broker, if apart), postgresql.
+    dependencies: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dependencies(redis_urls: dict[str, str], engine: Engine) -> dict[str, str]:
+    """Each dependency's state: "ok" or the error it gave (never a URL or a secret).
+    `redis_urls`: name -> URL (REDIS_URL and, when it differs, the broker's)."""
+    states: dict[str, str] = {}
+    for name, url in redis_urls.items():
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+            states[name] = "ok"
+        except RedisError as exc:
+            states[name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            client.close()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        states["postgresql"] = "ok"
+    except SQLAlchemyError as exc:
+        states["postgresql"] = f"{type(exc).__name__}: {server_reason(exc)}"
+    return states
+
+
+def redis_urls(redis_url: str, broker_url: str) -> dict[str, str]:
+    return {"redis": redis_url} | ({"broker": broker_url} if broker_url != redis_url else {})
+
+
+def take(
+    redis_url: str,
+    broker_url: str,
+    engine: Engine,
+    *,
+    workers: Callable[[], list[str]] | None = None,
+) -> Overview:
+    """The overview now. `workers`: how to ask which workers answer (a broadcast ping)."""
+    overview = Overview(dependencies=dependencies(redis_urls(redis_url, broker_url), engine))
+    broker = "broker" if "broker" in overview.dependencies else "redis"
+    if overview.dependencies[broker] == "ok":
+        client = redis.Redis.from_url(broker_url, socket_timeout=5)
+        try:
+            depth = asyncio.run(_depth(broker_url))
+            overview.queue_depth = depth.waiting
+            overview.oldest_queued_seconds = round(depth.oldest_age_seconds, 1)
+            flight = queue.in_flight(client)
+            overview.in_flight, overview.overdue = flight.count, flight.overdue
+        except RedisError as exc:
+            overview.dependencies[broker] = f"{type(exc).__name__}: {exc}"
+        finally:
+            client.close()
+        if workers is not None:
+            overview.workers = workers()
+    if overview.dependencies["postgresql"] == "ok":
+        try:
+            with engine.connect() as conn:
+                overview.dead_letters_open = dead_letters.open_by_reason(conn)
+                overview.processed_last_5m = events.finished_since(conn, seconds=RECENT_SECONDS)
+        except SQLAlchemyError as exc:
+            overview.dependencies["postgresql"] = f"{type(exc).__name__}: {server_reason(exc)}"
+    return overview
+
+
+async def _depth(broker_url: str) -> queue.QueueDepth:
+    client = aioredis.Redis.from_url(broker_url, socket_timeout=5)
+    try:
+        return await queue.depth(client)
+    finally:
+        await client.aclose()
