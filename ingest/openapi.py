@@ -99,6 +99,11 @@ _SCHEMAS: dict[str, Any] = {
     "Error": _object(error=_TEXT),
     "Duplicate": _object(error=_TEXT, event_id=_TEXT),
     "Status": _object(status=_TEXT),
+    "Details": _object(
+        status={"type": "string", "enum": ["ok", "degraded"]},
+        dependencies={"type": "object", "additionalProperties": _TEXT},
+        deliveries=_TEXT,
+    ),
     "Queued": _object(status={"const": "queued"}, event_id=_UUID),
     "EventStatus": _object(
         event_id=_UUID,
@@ -227,6 +232,14 @@ _PATHS: dict[str, Any] = {
     },
     "/healthz": {
         "get": _operation("healthz", "Liveness", {"200": _reply("Running", "Status")}, security=[])
+    },
+    "/healthz/details": {
+        "get": _operation(
+            "healthz_details",
+            "Each dependency's state ('ok' or its error), and whether deliveries are shed",
+            {"200": _reply("The dependencies", "Details")},
+            security=[],
+        )
     },
     "/readyz": {
         "get": _operation(
