@@ -109,11 +109,32 @@ def apply_effect(
             metadata={k: v for k, v in note.metadata.items() if v is not None},
             event_id=UUID(envelope.event_id),
         )
+    return result(
+        envelope.event_type,
+        contact_id=contact_id,
+        deal_id=deal_id,
+        stage=stage,
+        activity_id=activity_id,
+        do_not_contact=effect.do_not_contact,
+    )
+
+
+def result(
+    effect: str,
+    *,
+    contact_id: UUID | None = None,
+    deal_id: UUID | None = None,
+    stage: str | None = None,
+    activity_id: UUID | None = None,
+    do_not_contact: bool = False,
+) -> dict[str, Any]:
+    """An event's `result`, with the same keys whatever the event did (None: not done), so a
+    client of GET /events/{id} reads every event alike."""
     return {
-        "effect": envelope.event_type,
-        "contact_id": str(contact_id),
+        "effect": effect,
+        "contact_id": str(contact_id) if contact_id else None,
         "deal_id": str(deal_id) if deal_id else None,
         "stage": stage,
         "activity_id": str(activity_id) if activity_id else None,
-        "do_not_contact": effect.do_not_contact or None,
+        "do_not_contact": do_not_contact or None,
     }

@@ -75,10 +75,6 @@ def handle_event(conn: Connection, envelope: Envelope, effect: Effect) -> dict[s
     note = _note(envelope.event_type, lead, payload, _metadata(payload))
     result = apply_effect(conn, envelope, lead, effect, note)
     if envelope.event_type == "reply_received":
-        # The prototype's result, which its clients read.
-        return {
-            "step": STEP_E,
-            "deal_id": result["deal_id"],
-            "system_activity_id": result["activity_id"],
-        }
+        # The prototype's keys too, which its clients read.
+        return result | {"step": STEP_E, "system_activity_id": result["activity_id"]}
     return result

@@ -17,7 +17,7 @@ from common.envelope import Envelope, EnvelopeError
 from common.providers import PROVIDERS
 from common.settings import get_settings
 from db import events
-from worker import calcom, instantly
+from worker import calcom, effects, instantly
 from worker.effects import STORE_ONLY, Effect, effect_for
 from worker.errors import InvalidPayload, UnknownProvider
 
@@ -83,11 +83,11 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
         engagement_activities=get_settings().engagement_activities,
     )
     if effect is None:
-        result: dict[str, Any] = {"ignored": f"no effect for {envelope.event_type}"}
+        result = effects.result("ignored") | {"ignored": f"no effect for {envelope.event_type}"}
         events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
         return Outcome("ignored", result)
     if effect == STORE_ONLY:
-        result = {"effect": "stored"}  # the webhook_events row is the whole effect
+        result = effects.result("stored")  # the webhook_events row is the whole effect
     else:
         result = _HANDLERS[envelope.provider](conn, envelope, effect)
     events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)

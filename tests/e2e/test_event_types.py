@@ -305,3 +305,37 @@ def test_a_calcom_delivery_without_a_uid_resent_with_other_whitespace_is_409(sta
     ]
     assert [answer.status_code for answer in answers] == [202, 409]
     assert answers[1].json()["event_id"] == answers[0].json()["event_id"]
+
+
+def test_every_event_result_has_the_same_keys(stack: str, superuser_engine: Engine) -> None:
+    keys = {"effect", "contact_id", "deal_id", "stage", "activity_id"}
+    events = {
+        "reply_received": instantly(stack, superuser_engine, "reply_received"),
+        "lead_interested": instantly(stack, superuser_engine, "lead_interested"),
+        "email_bounced": instantly(stack, superuser_engine, "email_bounced", "b@bounce.example"),
+        "email_sent": instantly(stack, superuser_engine, "email_sent"),
+        "campaign_completed": instantly(stack, superuser_engine, "campaign_completed"),
+    }
+    response = post_calcom(stack, booking(uid=f"keys-{random.random()}"))
+    assert response.status_code == 202
+    events["BOOKING_CREATED"] = response.json()["event_id"]
+    wait_processed(superuser_engine, [events["BOOKING_CREATED"]])
+    results = {
+        name: scalar(
+            superuser_engine, "SELECT result FROM webhook_events WHERE id = :i", i=event_id
+        )
+        for name, event_id in events.items()
+    }
+    for name, result in results.items():
+        assert keys <= set(result), (name, result)
+    assert results["reply_received"]["stage"] == "New"
+    assert results["reply_received"]["step"] == "E:deal_created_and_logged"
+    assert (
+        results["reply_received"]["system_activity_id"] == results["reply_received"]["activity_id"]
+    )
+    assert results["lead_interested"]["stage"] == "Interested"
+    assert results["email_bounced"]["do_not_contact"] is True
+    assert results["email_sent"]["effect"] == "stored"
+    assert results["campaign_completed"]["effect"] == "ignored"
+    assert results["BOOKING_CREATED"]["stage"] == "Meeting Booked"
+    assert "step" not in results["lead_interested"]

@@ -87,8 +87,12 @@ def test_sample_reply_becomes_contact_deal_in_new_and_system_note(
     assert shown["result"]["step"] == "E:deal_created_and_logged"
     deal_id = scalar(superuser_engine, "SELECT id::text FROM deals")
     activity_id = scalar(superuser_engine, "SELECT id::text FROM activities")
+    contact_id = scalar(superuser_engine, "SELECT id::text FROM contacts")
+    # Every event's keys, and the prototype's (step, system_activity_id) for a reply.
     assert shown["result"] == {
-        "step": "E:deal_created_and_logged", "deal_id": deal_id, "system_activity_id": activity_id,
+        "effect": "reply_received", "contact_id": contact_id, "deal_id": deal_id, "stage": "New",
+        "activity_id": activity_id, "do_not_contact": None,
+        "step": "E:deal_created_and_logged", "system_activity_id": activity_id,
     }  # fmt: skip
 
 
