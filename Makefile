@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run test lint typecheck pytest bench lock clean
+.PHONY: help install tools run test lint typecheck rules pytest bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,30 +22,37 @@ install: $(STAMP) ## create .venv and install the locked dependencies
 
 # wrk drives the soak test and the benchmark: a real load generator, from Debian's packages.
 # docker-compose (Debian's v1) validates docker-compose.yml in tests/test_compose.py; `config`
-# needs no Docker engine, so the engine it recommends is not installed.
-tools:
+# needs no Docker engine, so the engine it recommends is not installed. promtool (Debian's
+# prometheus package, without the server's recommends) checks deploy/prometheus/alerts.yml.
+tools: ## install wrk, docker-compose and promtool from Debian's packages if missing
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| { echo "make: wrk is needed: apt-get install wrk" >&2; exit 1; }
 	@command -v docker-compose >/dev/null || apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; } \
 		|| { echo "make: docker-compose is needed: apt-get install docker-compose" >&2; exit 1; }
+	@command -v promtool >/dev/null || apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } \
+		|| { echo "make: promtool is needed: apt-get install prometheus" >&2; exit 1; }
 	@command -v redis-server >/dev/null || { echo "make: redis-server is needed: apt-get install redis-server" >&2; exit 1; }
 
 run: install ## bootstrap + migrate the database, then run the receiver and a worker
 	$(BIN)/crm-run
 
-lint: install
+lint: install ## ruff: lint and formatting
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: install
+typecheck: install ## mypy, strict
 	$(BIN)/mypy
 
-pytest: install tools
+rules: tools ## promtool: the Prometheus alerting rules in deploy/prometheus
+	promtool check rules deploy/prometheus/alerts.yml
+
+pytest: install tools ## the test suite alone (real PostgreSQL, Redis, Celery)
 	$(BIN)/pytest
 
-test: lint typecheck pytest ## ruff, mypy and the whole test suite (real PostgreSQL, Redis, Celery)
+test: lint typecheck rules pytest ## ruff, mypy, promtool and the whole test suite
 
 bench: install tools ## throughput and latency against same-run references; writes bench/results.json
 	$(BIN)/python -m bench.run

@@ -33,6 +33,7 @@ _OUTCOMES = {
     408: ("rejected", "body_timeout"),
     413: ("rejected", "too_large"),
     415: ("rejected", "unsupported_media_type"),
+    500: ("rejected", "server_error"),
     503: ("rejected", "queue_unavailable"),
     CLIENT_DISCONNECTED: ("client_disconnected", ""),
 }
@@ -54,14 +55,18 @@ def instrumented(handler: Handler) -> Handler:
 
     async def counted(request: Request) -> Response:
         started = time.perf_counter()
-        response = await handler(request)
         provider = request.path_params.get("provider", "")
         if provider not in PROVIDERS:
             provider = "unknown"  # one label for all: a sender cannot grow the series
-        deliveries, seconds = _series(provider, response.status_code)
-        deliveries.inc()
-        seconds.observe(time.perf_counter() - started)
-        return response
+        status = 500  # what an exception from the handler becomes, further out
+        try:
+            response = await handler(request)
+            status = response.status_code
+            return response
+        finally:
+            deliveries, seconds = _series(provider, status)
+            deliveries.inc()
+            seconds.observe(time.perf_counter() - started)
 
     return counted
 
@@ -84,6 +89,15 @@ async def serve_metrics(request: Request) -> Response:
         gauges["crm_queue_oldest_age_seconds"] = (
             "Age of the oldest waiting event.",
             depth.oldest_age_seconds,
+        )
+        memory = await request.app.state.redis.info("memory")
+        gauges["crm_redis_used_memory_bytes"] = (
+            "Memory the broker Redis uses.",
+            memory["used_memory"],
+        )
+        gauges["crm_redis_maxmemory_bytes"] = (
+            "The broker Redis's maxmemory; 0: no limit.",
+            memory["maxmemory"],
         )
     except RedisError:
         pass  # the gauges go missing; /readyz says why

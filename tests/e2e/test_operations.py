@@ -4,6 +4,7 @@ post-deploy smoke check and the worker healthcheck — against the real stack.""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
-from tests.e2e.stack import ROOT, IsolatedStack, Process, wait_processed
+from tests.e2e.stack import ROOT, IsolatedStack, Process, queue_reply, scalar, wait_processed
 from tests.helpers import wait_for
 from tests.payloads import INSTANTLY_SECRET, encode, reply, signed_headers
 from tests.redis_server import free_port
@@ -251,3 +253,57 @@ def test_healthz_details_names_each_dependency_and_readyz_keeps_its_meaning(
     assert degraded["dependencies"]["redis"] == "ok"
     assert degraded["dependencies"]["postgresql"].startswith("OperationalError")
     assert httpx.get(f"{url}/readyz").status_code == 200  # webhooks are still taken
+
+
+DEPLOY = ROOT / "deploy"
+
+
+def _names_used() -> set[str]:
+    """Every crm_* metric the alerting rules and the Grafana dashboard query."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "crm-ingest.json").read_text())
+    exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return {name for expr in exprs for name in re.findall(r"\bcrm_[a-z0-9_]+", expr)}
+
+
+def test_every_metric_the_rules_and_the_dashboard_use_is_served(
+    stack: str,
+    superuser_engine: Engine,
+    isolated: IsolatedStack,
+    worker: Process,
+) -> None:
+    used = _names_used()
+    assert {"crm_queue_depth", "crm_event_retries_total", "crm_redis_used_memory_bytes"} <= used
+    lead = "retried@metrics.example.com"
+    with httpx.Client(base_url=stack) as client:
+        for body, secret in ((reply(lead), INSTANTLY_SECRET), (reply(lead), "wrong")):
+            raw = encode(body)
+            client.post("/webhooks/instantly", content=raw, headers=signed_headers(raw, secret))
+        bad = encode(reply(lead_email=None, email=None, email_id="served-dead"))
+        dead = client.post("/webhooks/instantly", content=bad, headers=signed_headers(bad))
+    wait_processed(superuser_engine, [dead.json()["event_id"]])
+    wait_for(lambda: scalar(superuser_engine, "SELECT count(*) FROM contacts") == 1, timeout=30)
+    # A retry: the lead's row held locked past a short lock timeout, then let go.
+    isolated.worker(PG_LOCK_TIMEOUT_MS="200")
+    with superuser_engine.connect() as conn, conn.begin():
+        conn.execute(text("SELECT id FROM contacts WHERE email = :e FOR UPDATE"), {"e": lead})
+        event_id = queue_reply(isolated.client, reply(lead, email_id="served-retry"))
+        wait_for(
+            lambda: any(name == "crm_event_retries_total" for name, _ in scrape(stack)),
+            timeout=30,
+            message="no retry was counted",
+        )
+    wait_processed(superuser_engine, [event_id])
+    served = {name for name, _ in scrape(stack)}
+    missing = sorted(name for name in used if name not in served)
+    assert not missing, f"used by deploy/ but not in /metrics: {missing}"
+
+
+def test_the_alerting_rules_pass_promtool() -> None:
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 7 rules found" in done.stdout
