@@ -16,6 +16,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import URL, Connection, create_engine, pool, text
 from sqlalchemy.engine import make_url
@@ -92,6 +93,21 @@ def bootstrap(settings: Settings, *, echo: Echo = print) -> None:
 
 def migrate(settings: Settings, revision: str = "head") -> None:
     _run_alembic(settings, command.upgrade, revision)
+
+
+def current_revision(settings: Settings) -> str | None:
+    """The revision the database is at; None before the first migration."""
+    where = f"{settings.pg_host}:{settings.pg_port}"
+    engine = create_engine(settings.pg_url(admin=True), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:
+        raise DatabaseUnavailable(
+            _describe(exc, where, settings.pg_admin_user, _ADMIN_VARIABLES)
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def downgrade(settings: Settings, revision: str) -> None:
@@ -194,7 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bootstrap":
             bootstrap(settings)
         elif args.command == "migrate":
+            before = current_revision(settings)
             migrate(settings, args.revision)
+            after = current_revision(settings)
+            if before == after:
+                print(f"crm-db: already at {after or 'base'}; nothing to do")
+            else:
+                print(f"crm-db: migrated from {before or 'an empty database'} to {after}")
         else:
             downgrade(settings, args.revision)
     except SettingsError as exc:

@@ -397,3 +397,27 @@ def test_crm_db_migrate_works_from_any_directory(stack_env: dict[str, str], tmp_
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert "crm-db: already at 004_stages; nothing to do" in result.stdout
+
+
+def test_crm_db_migrate_says_where_it_went(
+    environ: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    scratch_database: MakeDatabase,
+) -> None:
+    settings = scratch_database()
+    environ(PG_DATABASE=settings.pg_database)
+    assert main(["migrate", "--revision", "002_policies"]) == 0
+    assert "crm-db: migrated from an empty database to 002_policies" in capsys.readouterr().out
+    assert main(["migrate"]) == 0
+    assert "crm-db: migrated from 002_policies to 004_stages" in capsys.readouterr().out
+    assert main(["migrate"]) == 0
+    assert "crm-db: already at 004_stages; nothing to do" in capsys.readouterr().out
+
+
+def test_bootstrap_says_where_it_connects(
+    environ: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ()
+    assert main(["bootstrap"]) == 0
+    assert "bootstrap: as postgres on 127.0.0.1:5432 (PG_SUPERUSER_URL)" in capsys.readouterr().out
