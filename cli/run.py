@@ -62,8 +62,9 @@ def worker_command(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """How a worker is started: here, by the tests and by the benchmark alike."""
+    # --quiet: no banner; what it says is in the first log lines, in the log format.
     command = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", QUEUE_NAME,
+        sys.executable, "-m", "celery", "-A", "worker.app", "--quiet", "worker", "-Q", QUEUE_NAME,
         "--concurrency", str(concurrency or settings.worker_concurrency),
         "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
     ]  # fmt: skip
@@ -109,7 +110,11 @@ class _Child:
     restart_at: float | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent)
+        # A group of its own: a terminal's Ctrl-C reaches crm-run alone, which then stops each
+        # child once (else each would get the SIGINT and then crm-run's SIGTERM as well).
+        self.process = subprocess.Popen(
+            self.command, env=self.env, preexec_fn=_die_with_parent, process_group=0
+        )
         self.started = time.monotonic()
         self.restart_at = None
 
@@ -164,6 +169,7 @@ def _supervise(children: list[_Child]) -> int:
                 exit_code, stopping = 1, True
         time.sleep(0.2)
     running = [c.process for c in children if c.process and c.process.poll() is None]
+    print(f"crm-run: stopping {' and '.join(c.name for c in children)}", file=sys.stderr)
     for process in running:
         process.terminate()
     deadline = time.monotonic() + _STOP_GRACE_SECONDS

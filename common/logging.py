@@ -1,4 +1,6 @@
-"""JSON lines to stdout for every process, uvicorn's and Celery's own loggers included.
+"""One format on stdout for every process, uvicorn's and Celery's own loggers and Python's
+warnings included: JSON lines (LOG_FORMAT=json, the default, for log collectors) or plain
+lines for a terminal (LOG_FORMAT=text).
 
 A line written while an event is being handled carries its `event_id`, `provider` and
 `event_type` (set with `set_event`). Payload bodies are never logged: handlers log ids.
@@ -16,11 +18,28 @@ _EVENT: ContextVar[dict[str, str] | None] = ContextVar("crm_event", default=None
 _FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "kombu", "amqp")
 
 
+_EVENT_KEYS = ("event_id", "provider", "event_type")
+
+
 class _EventFields(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_EVENT.get() or {}).items():
             setattr(record, key, value)
+        # uvicorn adds the message again with terminal colour codes for its own formatter.
+        record.__dict__.pop("color_message", None)
         return True
+
+
+class _TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message [event_id=… provider=… event_type=…]`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        event = [f"{key}={record.__dict__[key]}" for key in _EVENT_KEYS if key in record.__dict__]
+        return f"{line} [{' '.join(event)}]" if event else line
 
 
 def set_event(event_id: str, provider: str, event_type: str) -> None:
@@ -31,17 +50,21 @@ def clear_event() -> None:
     _EVENT.set(None)
 
 
-def configure_logging(level: str) -> None:
-    """Route the root logger, and the libraries' own, to one JSON handler on stdout."""
+def configure_logging(level: str, log_format: str = "json") -> None:
+    """Route the root logger, the libraries' own and warnings to one handler on stdout."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        JsonFormatter(
+    formatter: logging.Formatter = (
+        _TextFormatter()
+        if log_format == "text"
+        else JsonFormatter(
             "{asctime}{levelname}{name}{message}",
             style="{",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         )
     )
+    handler.setFormatter(formatter)
     handler.addFilter(_EventFields())
+    logging.captureWarnings(True)  # Celery's SecurityWarning and the like, in the same format
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

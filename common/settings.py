@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 APP_ENVS = ("development", "test", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
 FAULT_POINTS = ("exit_before_enqueue", "exit_after_enqueue")
 
 # Values that mean "nobody chose a secret yet". Checked case-insensitively.
@@ -61,6 +62,7 @@ class Secret:
 class Settings:
     app_env: str = "development"
     log_level: str = "info"
+    log_format: str = "json"
 
     pg_host: str = "127.0.0.1"
     pg_port: int = 5432
@@ -264,6 +266,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         app_env=_choice(env, "APP_ENV", base.app_env, APP_ENVS),
         log_level=_choice(env, "LOG_LEVEL", base.log_level, LOG_LEVELS),
+        log_format=_choice(env, "LOG_FORMAT", base.log_format, LOG_FORMATS),
         pg_host=pg_host,
         pg_port=pg_port,
         pg_database=env.get("PG_DATABASE", "").strip() or base.pg_database,

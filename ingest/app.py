@@ -282,7 +282,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             print(f"crm-ingest: refusing to start: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     resolved = settings
-    configure_logging(resolved.log_level)
+    configure_logging(resolved.log_level, resolved.log_format)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

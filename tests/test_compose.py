@@ -166,8 +166,8 @@ def test_ingest_and_worker_run_what_make_run_runs(services: dict[str, Any]) -> N
     assert option(ingest_command, "--port") == "8000"
 
     worker_command_line = services["worker"]["command"]
-    assert worker_command_line[:6] == worker[:6] == [
-        "celery", "-A", "worker.app", "worker", "-Q", QUEUE_NAME,
+    assert worker_command_line[:7] == worker[:7] == [
+        "celery", "-A", "worker.app", "--quiet", "worker", "-Q", QUEUE_NAME,
     ]  # fmt: skip
     assert flags(worker) <= flags(worker_command_line)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
-from common.logging import configure_logging
+from common.logging import clear_event, configure_logging, set_event
 
 
 def test_an_access_log_switched_off_stays_off_and_the_others_go_through_the_root() -> None:
@@ -24,3 +25,40 @@ def test_an_access_log_switched_off_stays_off_and_the_others_go_through_the_root
         for logger, handlers, propagate in saved:
             logger.handlers[:], logger.propagate = handlers, propagate
         logging.getLogger().handlers[:] = root_handlers
+
+
+def _formatted(log_format: str, **extra: object) -> str:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("info", log_format)
+        [handler] = root.handlers
+        record = logging.LogRecord(
+            "crm.test", logging.WARNING, __file__, 1, "hello %s", ("you",), None
+        )
+        record.__dict__.update(extra)
+        for each in handler.filters:
+            each.filter(record)  # type: ignore[union-attr]
+        return handler.format(record)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.captureWarnings(False)
+
+
+def test_json_lines_carry_no_terminal_colour_codes() -> None:
+    line = _formatted("json", color_message="\x1b[32mhello\x1b[0m")
+    record = json.loads(line)
+    assert record["message"] == "hello you" and record["level"] == "WARNING"
+    assert "color_message" not in record and "\x1b" not in line
+
+
+def test_text_lines_are_readable_and_name_their_event() -> None:
+    set_event("6f0c2f1e-7d4a-4b8e-9a31-0d7c6e5b4a29", "instantly", "reply_received")
+    try:
+        line = _formatted("text")
+    finally:
+        clear_event()
+    assert " WARNING crm.test: hello you [event_id=6f0c2f1e-" in line
+    assert line.endswith("provider=instantly event_type=reply_received]")
+    assert not line.startswith("{")

@@ -18,7 +18,9 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.apps.worker import install_worker_term_handler  # type: ignore[attr-defined]
 from celery.signals import (
+    celeryd_init,
     setup_logging,
     task_postrun,
     task_prerun,
@@ -27,6 +29,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
@@ -80,10 +83,23 @@ app = Celery("crm-worker")
 app.add_defaults(_config)
 
 
-@setup_logging.connect
+@celeryd_init.connect  # early enough for the warnings Celery gives at start-up
+@setup_logging.connect  # connected, Celery installs no handlers of its own: one format for all
 def _logging(**_: Any) -> None:
-    # Connecting here stops Celery from installing its own handlers: one JSON format for all.
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@worker_ready.connect
+def _quiet_shutdown(sender: Any = None, **_: Any) -> None:
+    # Celery's SIGTERM handler prints "worker: Warm shutdown" past the log; the same handler
+    # without the print, and the line logged instead (_log_shutdown).
+    install_worker_term_handler(sender.controller, verbose=False)
+
+
+@worker_shutting_down.connect
+def _log_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
+    logger.info("worker: %s shutdown (%s): finishing the events in hand", how.lower(), sig)
 
 
 @worker_init.connect

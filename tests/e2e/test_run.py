@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -103,3 +104,34 @@ def test_a_receiver_that_cannot_start_stops_everything_with_one_line(
     assert code == 1
     stops = [line for line in run.output().splitlines() if "failed to start" in line]
     assert stops == ["crm-run: receiver failed to start (exit code 3); stopping"]
+
+
+def test_ctrl_c_stops_everything_with_one_line_each_and_json_on_stdout(
+    run_env: dict[str, str], tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{run_env['INGEST_PORT']}"
+    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        # A session of its own, as a terminal gives it: Ctrl-C goes to its whole group.
+        run = subprocess.Popen(
+            [CRM_RUN, "--skip-migrate"], env=run_env | {"LOG_FORMAT": "json"}, cwd=ROOT,
+            stdout=stdout, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: _healthy(url), timeout=60, message="the receiver did not come up")
+            wait_for(lambda: " ready." in out.read_text(), timeout=60, message="no worker")
+            os.killpg(run.pid, signal.SIGINT)
+            code = run.wait(timeout=60)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+    assert code == 0
+    lines = [line for line in out.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line on stdout is JSON
+    messages = [record["message"] for record in records]
+    assert sum("warm shutdown" in message for message in messages) == 1, messages
+    assert sum(message == "Shutting down" for message in messages) == 1, messages
+    assert not any("Ctrl+C again" in message for message in messages)
+    assert not any("color_message" in record for record in records)
+    assert err.read_text().count("crm-run: stopping receiver and worker") == 1
