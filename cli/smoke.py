@@ -1,8 +1,9 @@
 """`crm-smoke`: the post-deploy regression check (the prototype's "200/409 test").
 
 Posts a signed synthetic reply with a fresh idempotency key (expects 202), posts it again
-(expects 409 naming the same event), then polls `GET /events/{id}` until the worker has
-processed it. One line per step; exit 0 when every step passed, 1 otherwise, 2 on bad usage.
+(expects 409 naming the same event, or 200 where DUPLICATE_STATUS_INSTANTLY=200), then polls
+`GET /events/{id}` until the worker has processed it. One line per step; exit 0 when every
+step passed, 1 otherwise, 2 on bad usage.
 It leaves a contact `smoke+<id>@example.com` with a deal and a note, as any reply would.
 """
 
@@ -53,7 +54,17 @@ def _post(client: httpx.Client, body: bytes, secret: str, key: str) -> httpx.Res
     return client.post("/webhooks/instantly", content=body, headers=headers)
 
 
-def run(url: str, secret: str, token: str, timeout: float) -> bool:
+def _duplicate_status(client: httpx.Client) -> int:
+    """What the service answers a repeat with (DUPLICATE_STATUS_INSTANTLY): 409 unless it says."""
+    response = client.get("/healthz/details")
+    if response.status_code != 200:
+        return 409  # an older service, without the setting
+    return int(response.json().get("duplicate_status", {}).get("instantly", 409))
+
+
+def run(
+    url: str, secret: str, token: str, timeout: float, duplicate_status: int | None = None
+) -> bool:
     run_id = uuid.uuid4().hex
     body = orjson.dumps(synthetic_reply(run_id))
     key = f"crm-smoke-{run_id}"
@@ -74,9 +85,11 @@ def run(url: str, secret: str, token: str, timeout: float) -> bool:
         if not step(first.status_code == 202, f"first delivery: {first.status_code} (want 202)"):
             return False
         event_id = first.json()["event_id"]
+        want = duplicate_status or _duplicate_status(client)
         again = _post(client, body, secret, key)
-        same = again.status_code == 409 and again.json().get("event_id") == event_id
-        if not step(same, f"repeat delivery: {again.status_code} (want 409, event {event_id})"):
+        same = again.status_code == want and again.json().get("event_id") == event_id
+        line = f"repeat delivery: {again.status_code} (want {want}, event {event_id})"
+        if not step(same, line):
             return False
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
@@ -103,7 +116,8 @@ def run(url: str, secret: str, token: str, timeout: float) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="crm-smoke",
-        description="Post-deploy check: a signed synthetic reply must get 202, its repeat 409, "
+        description="Post-deploy check: a signed synthetic reply must get 202, its repeat 409 "
+        "(or 200, as the service is configured), "
         "and the event must be processed. Exit 0 when all three hold, 1 otherwise.",
     )
     parser.add_argument("--url", required=True, help="the receiver, e.g. https://crm.example.com")
@@ -113,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="a reader token (default: one signed with JWT_SECRET)")
     parser.add_argument(
         "--timeout", type=float, default=60, help="seconds to wait for processing (default 60)"
+    )
+    parser.add_argument(
+        "--duplicate-status",
+        type=int,
+        choices=(409, 200),
+        help="what a repeat must get (default: what the service's /healthz/details says)",
     )
     args = parser.parse_args(argv)
     secret, token = args.secret, args.token
@@ -130,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         secret = secret or settings.hmac_secrets_instantly[0].get()
         token = token or issue_token(settings.jwt_secret.get(), sub="crm-smoke", role="reader")
     try:
-        return 0 if run(args.url, secret, token, args.timeout) else 1
+        return 0 if run(args.url, secret, token, args.timeout, args.duplicate_status) else 1
     except httpx.HTTPError as exc:
         print(f"FAIL cannot reach {args.url}: {_cause(exc)}", flush=True)
         return 1

@@ -91,6 +91,10 @@ class Settings:
     hmac_secrets_calcom: tuple[Secret, ...] = (Secret("dev-calcom-secret-change-me"),)
 
     idempotency_ttl_seconds: int = 7 * 24 * 3600
+    # How a repeat is answered: 409 (the prototype's), or 200 for a sender that counts every
+    # non-2xx as a failed delivery and switches the webhook off after a few (Instantly does).
+    duplicate_status_instantly: int = 409
+    duplicate_status_calcom: int = 409
     max_body_bytes: int = 1_048_576
     body_timeout_seconds: int = 10
     # The request line and headers: larger gets 431; not complete this long after they began
@@ -128,6 +132,12 @@ class Settings:
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+    def duplicate_status(self, provider: str) -> int:
+        return {
+            "instantly": self.duplicate_status_instantly,
+            "calcom": self.duplicate_status_calcom,
+        }[provider]
 
     def webhook_secrets(self, provider: str) -> tuple[Secret, ...]:
         """The secrets a provider's deliveries may be signed with (several during a rotation)."""
@@ -203,6 +213,13 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}")
     return value
+
+
+DUPLICATE_STATUSES = ("409", "200")
+
+
+def _duplicate_status(env: Mapping[str, str], name: str) -> int:
+    return int(_choice(env, name, DUPLICATE_STATUSES[0], DUPLICATE_STATUSES))
 
 
 def _secret(env: Mapping[str, str], name: str, default: Secret) -> Secret:
@@ -290,6 +307,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hmac_secrets_calcom=_secret_list(
             env, "HMAC_SHARED_SECRET_CALCOM", base.hmac_secrets_calcom
         ),
+        duplicate_status_instantly=_duplicate_status(env, "DUPLICATE_STATUS_INSTANTLY"),
+        duplicate_status_calcom=_duplicate_status(env, "DUPLICATE_STATUS_CALCOM"),
         idempotency_ttl_seconds=_int(
             env, "IDEMPOTENCY_TTL_SECONDS", base.idempotency_ttl_seconds, minimum=1
         ),

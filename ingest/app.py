@@ -205,8 +205,15 @@ async def receive_webhook(request: Request) -> Response:
         )
         return error(503, "Queue unavailable, retry later")
     if first is not None:
-        return error(409, "Duplicate event", event_id=first)
+        return _duplicate(settings.duplicate_status(provider.name), first)
     return _queued(envelope)
+
+
+def _duplicate(status_code: int, first: str) -> Response:
+    """A repeat, answered as DUPLICATE_STATUS_<PROVIDER> says; nothing was queued either way."""
+    if status_code == 200:
+        return JSONResponse({"status": "duplicate", "event_id": first})
+    return error(409, "Duplicate event", event_id=first)
 
 
 def _queued(envelope: Envelope) -> Response:
@@ -245,6 +252,8 @@ async def healthz_details(request: Request) -> Response:
             "status": "ok" if all(state == "ok" for state in states.values()) else "degraded",
             "dependencies": states,
             "deliveries": f"refused: {refused}" if refused else "accepted",
+            # What a repeat gets, per provider: crm-smoke expects it.
+            "duplicate_status": {name: settings.duplicate_status(name) for name in PROVIDERS},
         }
     )
 

@@ -27,6 +27,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 _OUTCOMES = {
     202: ("accepted", ""),
     409: ("duplicate", ""),
+    200: ("duplicate", ""),  # the route's only 200: a repeat under DUPLICATE_STATUS_*=200
     400: ("rejected", "invalid_body"),
     401: ("rejected", "unauthorized"),
     404: ("rejected", "unknown_provider"),

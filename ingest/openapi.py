@@ -98,11 +98,13 @@ _SUMMARY: dict[str, Any] = {
 _SCHEMAS: dict[str, Any] = {
     "Error": _object(error=_TEXT),
     "Duplicate": _object(error=_TEXT, event_id=_TEXT),
+    "DuplicateAccepted": _object(status={"const": "duplicate"}, event_id=_TEXT),
     "Status": _object(status=_TEXT),
     "Details": _object(
         status={"type": "string", "enum": ["ok", "degraded"]},
         dependencies={"type": "object", "additionalProperties": _TEXT},
         deliveries=_TEXT,
+        duplicate_status={"type": "object", "additionalProperties": {"enum": [200, 409]}},
     ),
     "Queued": _object(status={"const": "queued"}, event_id=_UUID),
     "EventStatus": _object(
@@ -141,6 +143,10 @@ _WEBHOOK = _operation(
     "Receive one webhook delivery and queue it",
     {
         "202": _reply("Queued", "Queued"),
+        "200": _reply(
+            "Duplicate delivery, with DUPLICATE_STATUS_<PROVIDER>=200; nothing queued",
+            "DuplicateAccepted",
+        ),
         "400": _reply(
             "Not UTF-8 JSON, not an object, no event type, a bad idempotency key, a NUL "
             "character (\\u0000), or nested too deeply to be queued"
@@ -148,7 +154,9 @@ _WEBHOOK = _operation(
         "401": _reply("Missing or invalid signature"),
         "404": _reply("Unknown provider"),
         "408": _reply("Body not received within BODY_TIMEOUT_SECONDS"),
-        "409": _reply("Duplicate delivery; event_id is the first delivery's", "Duplicate"),
+        "409": _reply(
+            "Duplicate delivery (the default); event_id is the first delivery's", "Duplicate"
+        ),
         "413": _reply("Body larger than MAX_BODY_BYTES"),
         "415": _reply("Content-Type is not application/json"),
         "503": _reply("Queue unavailable, retry later"),

@@ -231,3 +231,11 @@ def test_bootstrap_defaults_to_the_servers_host_and_port() -> None:
     )
     explicit = load_settings({"PG_PORT": "5499", "PG_SUPERUSER_URL": "postgresql://su@other/x"})
     assert explicit.pg_superuser_url.get() == "postgresql+psycopg2://su@other/x"
+
+
+@pytest.mark.parametrize("name", ["DUPLICATE_STATUS_INSTANTLY", "DUPLICATE_STATUS_CALCOM"])
+def test_duplicate_status_is_409_or_200(name: str) -> None:
+    assert load_settings({}).duplicate_status(name.rsplit("_", 1)[1].lower()) == 409
+    assert load_settings({name: "200"}).duplicate_status(name.rsplit("_", 1)[1].lower()) == 200
+    message = _refused({name: "204"})
+    assert name in message and "409, 200" in message
