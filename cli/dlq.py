@@ -6,6 +6,7 @@ Exit codes: 0 all went well, 1 something failed or was not found, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ import redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.replay import ANY_STATUS, Outcome, Replayer, filters_from
+from common.replay import ANY_STATUS, Actor, Outcome, Replayer, Summary, filters_from
 from common.settings import SettingsError, load_settings
 from db import dead_letters
 from db.engine import make_engine
@@ -39,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Events that could not be processed wait in the dead-letter store. List and "
         "inspect them, replay them onto the normal queue once the cause is fixed, or discard "
         "them. Exit codes: 0 ok, 1 something failed, 2 bad usage.",
+    )
+    parser.add_argument(
+        "--as",
+        dest="actor",
+        default=getpass.getuser(),
+        metavar="NAME",
+        help="who acts, for the audit trail of replays and discards (default: your user name)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -86,7 +94,9 @@ def _error_cell(row: dict[str, Any]) -> str:
     return text if len(text) <= _ERROR_WIDTH else text[: _ERROR_WIDTH - 1] + "…"
 
 
-def _replay(args: argparse.Namespace, replayer: Replayer, filters: dead_letters.Filters) -> int:
+def _replay(
+    args: argparse.Namespace, replayer: Replayer, filters: dead_letters.Filters, actor: Actor
+) -> int:
     if args.all and args.ids:
         print("crm-dlq replay: give dead letter IDs or --all, not both", file=sys.stderr)
         return 2
@@ -108,6 +118,11 @@ def _replay(args: argparse.Namespace, replayer: Replayer, filters: dead_letters.
         print(f"{line}{outcome.status} {outcome.detail}".rstrip(), flush=True)
 
     summary = replayer.replay_many(ids, progress, dry_run=args.dry_run)
+    if not args.dry_run:
+        if args.all:
+            replayer.audit(actor, "replay_matching", ids, summary, filters=filters)
+        else:
+            replayer.audit(actor, "replay", ids, summary)
     if args.dry_run:
         listed = " ".join(map(str, replayed)) or "-"
         print(
@@ -153,18 +168,20 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 print(json.dumps(row, indent=2))
                 return 0
+        replayer = Replayer(engine, client, settings.broker_visibility_timeout)
+        actor = Actor(args.actor, "operator", "cli")
         if args.command == "discard":
-            missing = []
-            with engine.begin() as conn:
-                for dead_letter_id in args.ids:
-                    if not dead_letters.discard(conn, dead_letter_id=dead_letter_id):
-                        missing.append(dead_letter_id)
-            print(f"discarded {len(args.ids) - len(missing)}")
+            outcomes = [replayer.discard(dead_letter_id) for dead_letter_id in args.ids]
+            missing = [o.dead_letter_id for o in outcomes if o.status == "skipped"]
+            failed = [o.dead_letter_id for o in outcomes if o.status == "failed"]
+            replayer.audit(actor, "discard", list(args.ids), Summary.of(outcomes))
+            print(f"discarded {len(args.ids) - len(missing) - len(failed)}")
             if missing:
                 print(f"crm-dlq: not found or already discarded: {missing}", file=sys.stderr)
-            return 1 if missing else 0
-        replayer = Replayer(engine, client, settings.broker_visibility_timeout)
-        return _replay(args, replayer, filters)
+            if failed:
+                print(f"crm-dlq: could not discard (database): {failed}", file=sys.stderr)
+            return 1 if missing or failed else 0
+        return _replay(args, replayer, filters, actor)
     except SQLAlchemyError as exc:
         where = f"{settings.pg_host}:{settings.pg_port}"
         print(

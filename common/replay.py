@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import redis
@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common import queue
 from common.envelope import Envelope, EnvelopeError
-from db import dead_letters
+from db import audit, dead_letters
 from db.tables import DEAD_LETTER_STATUSES
 
 logger = logging.getLogger("crm.replay")
@@ -26,10 +26,20 @@ logger = logging.getLogger("crm.replay")
 @dataclass(frozen=True)
 class Outcome:
     dead_letter_id: int
-    status: str  # replayed | skipped | failed
+    status: str  # replayed | discarded | skipped | failed
     detail: str = ""
     # False when trying again cannot help (the stored envelope itself is unusable).
     retryable: bool = True
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, for the audit trail: a token's or console session's `sub` and role, or the
+    operating-system user (or `crm-dlq --as`) for the CLI."""
+
+    sub: str
+    role: str
+    source: str  # console | api | cli
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,14 @@ class Summary:
     skipped: int
     failed: int
     failures: list[dict[str, object]]  # {"id": dead letter id, "reason": why it failed}
+
+    @classmethod
+    def of(cls, outcomes: list[Outcome]) -> Summary:
+        counts = Counter(outcome.status for outcome in outcomes)
+        failures: list[dict[str, object]] = [
+            {"id": o.dead_letter_id, "reason": o.detail} for o in outcomes if o.status == "failed"
+        ]
+        return cls(counts["replayed"], counts["skipped"], counts["failed"], failures)
 
 
 class Replayer:
@@ -91,16 +109,67 @@ class Replayer:
         dry_run: bool = False,
     ) -> Summary:
         """Replay each in turn, whatever happens to the others (`dry_run`: as replay_one)."""
-        counts: Counter[str] = Counter({"replayed": 0, "skipped": 0, "failed": 0})
-        failures: list[dict[str, object]] = []
+        outcomes = []
         for position, dead_letter_id in enumerate(ids, start=1):
             outcome = self.replay_one(dead_letter_id, dry_run=dry_run)
-            counts[outcome.status] += 1
-            if outcome.status == "failed":
-                failures.append({"id": dead_letter_id, "reason": outcome.detail})
+            outcomes.append(outcome)
             if progress is not None:
                 progress(position, outcome)
-        return Summary(counts["replayed"], counts["skipped"], counts["failed"], failures)
+        return Summary.of(outcomes)
+
+    def discard(self, dead_letter_id: int) -> Outcome:
+        """Take one dead letter off the open list; the row stays, for the record."""
+        try:
+            with self._engine.begin() as conn:
+                done = dead_letters.discard(conn, dead_letter_id=dead_letter_id)
+        except SQLAlchemyError as exc:
+            return Outcome(dead_letter_id, "failed", f"{type(exc).__name__}: service unavailable")
+        if not done:
+            return Outcome(dead_letter_id, "skipped", "no such dead letter, or discarded already")
+        return Outcome(dead_letter_id, "discarded")
+
+    def audit(
+        self,
+        actor: Actor,
+        action: str,
+        ids: list[int],
+        summary: Summary,
+        *,
+        filters: dead_letters.Filters | None = None,
+    ) -> None:
+        """Record what was done, by whom (admin_actions). A record that cannot be written is
+        logged, not raised: the action itself has happened."""
+        outcome = "ok" if not summary.failed and not summary.skipped else "partial"
+        if ids and summary.failed == len(ids):
+            outcome = "failed"
+        try:
+            with self._engine.begin() as conn:
+                audit.record(
+                    conn,
+                    actor=actor.sub,
+                    role=actor.role,
+                    source=actor.source,
+                    action=action,
+                    dead_letter_ids=ids,
+                    filters=None if filters is None else _plain_filters(filters),
+                    replayed=summary.replayed,
+                    skipped=summary.skipped,
+                    failed=summary.failed,
+                    outcome=outcome,
+                )
+        except SQLAlchemyError as exc:
+            logger.error(
+                "admin action not recorded (%s): %s by %s on %d dead letter(s)",
+                type(exc).__name__, action, actor.sub, len(ids),
+            )  # fmt: skip
+
+
+def _plain_filters(filters: dead_letters.Filters) -> dict[str, object]:
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in asdict(filters).items()
+        if value is not None
+    }
 
 
 MAX_LIMIT = 1000

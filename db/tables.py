@@ -212,3 +212,30 @@ dead_letters = Table(
     CheckConstraint(_one_of("status", DEAD_LETTER_STATUSES), name="ck_dead_letters_status"),
     Index("idx_dead_letters_status_reason", "status", "reason"),
 )
+
+ADMIN_ACTIONS = ("replay", "replay_matching", "discard")
+ADMIN_SOURCES = ("console", "api", "cli")
+
+# Every replay and discard, whoever asked and however: app_user may add rows and read them,
+# never change or delete one (the audit trail).
+admin_actions = Table(
+    "admin_actions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", Text, nullable=False),  # the token's or session's sub; the CLI's user
+    Column("role", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("dead_letter_ids", JSONB, nullable=False),
+    Column("filters", JSONB),  # replay_matching: the filter it matched by
+    Column("matched", Integer, nullable=False),
+    Column("replayed", Integer, nullable=False, server_default=text("0")),
+    Column("skipped", Integer, nullable=False, server_default=text("0")),
+    Column("failed", Integer, nullable=False, server_default=text("0")),
+    Column("outcome", Text, nullable=False),
+    CheckConstraint(_one_of("action", ADMIN_ACTIONS), name="ck_admin_actions_action"),
+    CheckConstraint(_one_of("source", ADMIN_SOURCES), name="ck_admin_actions_source"),
+    Index("idx_admin_actions_created", "created_at"),
+    Index("idx_admin_actions_ids", "dead_letter_ids", postgresql_using="gin"),
+)

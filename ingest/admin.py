@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.replay import Replayer, filters_from
+from common.replay import Actor, Replayer, Summary, filters_from
 from common.settings import Settings
 from db import dead_letters
 from ingest.access import requires_role
@@ -38,6 +39,11 @@ def _replayer(app: Starlette) -> Replayer:
         )
     replayer: Replayer = app.state.replayer
     return replayer
+
+
+def _actor(request: Request) -> Actor:
+    claims = request.state.claims
+    return Actor(claims.sub, claims.role, "api")
 
 
 def _filters(params: Mapping[str, object]) -> dead_letters.Filters:
@@ -102,7 +108,10 @@ async def replay_dead_letter(request: Request) -> Response:
     dead_letter_id = _dead_letter_id(request)
     if dead_letter_id is None:
         return error(404, "Unknown dead letter")
-    outcome = await run_in_threadpool(_replayer(request.app).replay_one, dead_letter_id)
+    replayer = _replayer(request.app)
+    outcome = await run_in_threadpool(replayer.replay_one, dead_letter_id)
+    summary = Summary.of([outcome])
+    await run_in_threadpool(replayer.audit, _actor(request), "replay", [dead_letter_id], summary)
     if outcome.status == "skipped":
         return error(404, "Unknown or discarded dead letter")
     if outcome.status == "failed" and not outcome.retryable:
@@ -143,6 +152,11 @@ async def replay_matching(request: Request) -> Response:
     if dry_run:
         return JSONResponse({"matched": len(ids), "replayed": 0, "dry_run": True, "ids": ids})
     summary = await run_in_threadpool(replayer.replay_many, ids)
+    await run_in_threadpool(
+        functools.partial(
+            replayer.audit, _actor(request), "replay_matching", ids, summary, filters=filters
+        )
+    )
     return JSONResponse(
         {"matched": len(ids), "dry_run": False, "ids": ids, **asdict(summary)}, status_code=202
     )

@@ -23,6 +23,7 @@ TABLES = (
     "activities",
     "webhook_events",
     "dead_letters",
+    "admin_actions",
 )
 
 # A row the role may not write, for each table app_user has no INSERT on.
@@ -121,7 +122,22 @@ def test_app_user_cannot_insert_into_reference_tables(app_engine: Engine, table:
     _assert_denied(app_engine, READ_ONLY_FOR_APP_USER[table])
 
 
-@pytest.mark.parametrize("table", ["owners", "pipelines", "pipeline_stages", "activities"])
+def test_app_user_records_admin_actions_and_reads_them_but_never_changes_one(
+    app_conn: Connection, app_engine: Engine
+) -> None:
+    app_conn.execute(
+        text(
+            "INSERT INTO admin_actions (actor, role, source, action, dead_letter_ids, matched,"
+            " outcome) VALUES ('ops', 'admin', 'console', 'replay', '[1]', 1, 'ok')"
+        )
+    )
+    assert app_conn.execute(text("SELECT count(*) FROM admin_actions")).scalar_one() >= 1
+    _assert_denied(app_engine, "UPDATE admin_actions SET outcome = 'forged'")
+
+
+@pytest.mark.parametrize(
+    "table", ["owners", "pipelines", "pipeline_stages", "activities", "admin_actions"]
+)
 def test_app_user_cannot_update_where_not_granted(app_engine: Engine, table: str) -> None:
     _assert_denied(app_engine, f"UPDATE {table} SET created_at = now()")  # noqa: S608
 

@@ -74,7 +74,8 @@ def stack(
     with superuser_engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE activities, deals, contacts, companies, webhook_events, dead_letters"
+                "TRUNCATE activities, deals, contacts, companies, webhook_events, dead_letters,"
+                " admin_actions"
                 " RESTART IDENTITY CASCADE"
             )
         )

@@ -583,3 +583,52 @@ def test_a_bulk_replay_goes_past_a_row_it_cannot_replay_and_names_it(
     cli = crm_dlq(stack_env, "replay", "--all")
     assert cli.returncode == 1
     assert f"dead letter {unusable} failed" in cli.stderr
+
+
+def _actions(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT actor, role, source, action, dead_letter_ids, filters, matched, replayed,"
+                " skipped, failed, outcome FROM admin_actions ORDER BY id"
+            )
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+def test_every_replay_and_discard_is_recorded_with_who_did_it(
+    stack: str, superuser_engine: Engine, stack_env: dict[str, str], admin_token: str
+) -> None:
+    events = [post(stack, reply(f"audit{i}@audit.example.com", lead_email=None, email=None,
+                                email_id=f"audit-{i}")) for i in range(3)]  # fmt: skip
+    ids = [wait_dead_letter(superuser_engine, event_id)["id"] for event_id in events]
+
+    one = httpx.post(f"{stack}/admin/dead-letters/{ids[0]}/replay", headers=auth(admin_token))
+    assert one.status_code == 202
+    wait_for(  # the replayed event fails again, which reopens its dead letter
+        lambda: scalar(
+            superuser_engine,
+            "SELECT status = 'open' AND replay_count = 1 FROM dead_letters WHERE id = :i",
+            i=ids[0],
+        ),
+        timeout=30,
+    )
+    assert crm_dlq(stack_env, "--as", "ops-alice", "discard", str(ids[1])).returncode == 0
+    bulk = httpx.post(
+        f"{stack}/admin/dead-letters/replay", json={"reason": "invalid_payload"},
+        headers=auth(admin_token),
+    )  # fmt: skip
+    assert bulk.status_code == 202
+    assert crm_dlq(stack_env, "--as", "ops-bob", "replay", "--dry-run", str(ids[2])).returncode == 0
+
+    actions = _actions(superuser_engine)
+    assert [(a["actor"], a["role"], a["source"], a["action"]) for a in actions] == [
+        ("tests", "admin", "api", "replay"),
+        ("ops-alice", "operator", "cli", "discard"),
+        ("tests", "admin", "api", "replay_matching"),
+    ]  # the dry run changed nothing, so it is not an action
+    assert actions[0]["dead_letter_ids"] == [ids[0]] and actions[0]["replayed"] == 1
+    assert actions[1]["dead_letter_ids"] == [ids[1]] and actions[1]["outcome"] == "ok"
+    assert sorted(actions[2]["dead_letter_ids"]) == sorted([ids[0], ids[2]])
+    assert actions[2]["filters"]["reason"] == "invalid_payload"
+    assert (actions[2]["matched"], actions[2]["replayed"]) == (2, 2)
