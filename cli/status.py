@@ -17,16 +17,6 @@ from common.settings import Settings, SettingsError, load_settings
 from db.engine import make_engine
 
 
-def _workers(timeout: float) -> list[str]:
-    from worker.app import app  # late: --help works without a configured broker
-
-    try:
-        replies = app.control.ping(timeout=timeout) or []
-    except Exception:  # a broker failure: the dependency line says why
-        return []
-    return sorted(name for reply in replies for name in reply)
-
-
 def problems(snapshot: overview.Overview, max_age: float) -> list[str]:
     """What is not well, in words; empty when all is."""
     found = [f"{name}: {state}" for name, state in snapshot.dependencies.items() if state != "ok"]
@@ -69,7 +59,7 @@ def _once(settings: Settings, args: argparse.Namespace) -> int:
             settings.redis_url,
             settings.celery_broker_url,
             engine,
-            workers=lambda: _workers(args.ping_timeout),
+            workers=lambda: overview.ping_workers(settings.celery_broker_url, args.ping_timeout),
         )
     finally:
         engine.dispose()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from celery import Celery
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, text
@@ -97,6 +98,19 @@ def take(
         except SQLAlchemyError as exc:
             overview.dependencies["postgresql"] = f"{type(exc).__name__}: {server_reason(exc)}"
     return overview
+
+
+def ping_workers(broker_url: str, timeout: float) -> list[str]:
+    """The Celery workers that answer a broadcast ping within `timeout`, by node name. A bare
+    Celery app on the broker is enough: nothing of the worker's code is needed to ask."""
+    app = Celery("crm-ping", broker=broker_url, set_as_current=False)
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except Exception:  # a broker failure: the dependency line says why
+        return []
+    finally:
+        app.close()
+    return sorted(name for reply in replies for name in reply)
 
 
 async def _depth(broker_url: str) -> queue.QueueDepth:

@@ -176,7 +176,8 @@ MAX_LIMIT = 1000
 ANY_STATUS = "all"  # a status filter that matches every status
 
 
-def _timestamp(name: str, value: object) -> datetime | None:
+def parse_time(name: str, value: object) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no zone); None for nothing; ValueError naming `name`."""
     if value in (None, ""):
         return None
     try:
@@ -214,7 +215,7 @@ def filters_from(
         provider=_text("provider", params.get("provider")),
         reason=_text("reason", params.get("reason")),
         status=None if status == ANY_STATUS else status,
-        since=_timestamp("since", params.get("since")),
-        until=_timestamp("until", params.get("until")),
+        since=parse_time("since", params.get("since")),
+        until=parse_time("until", params.get("until")),
         limit=limit,
     )

@@ -124,6 +124,8 @@ class Settings:
     # An event whose process died this often (OOM kill, a crash in a driver) is dead-lettered
     # as `worker_lost` instead of being handed to the next process.
     task_max_worker_lost: int = 3
+    # How long a console session lasts after its sign-in link was used.
+    console_session_hours: int = 8
     # Test-only crash points in the receiver, and a lead whose event kills the worker process
     # handling it; both refused outside APP_ENV=test.
     test_fault_injection: str = ""
@@ -338,6 +340,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         task_max_worker_lost=_int(
             env, "TASK_MAX_WORKER_LOST", base.task_max_worker_lost, minimum=1
+        ),
+        console_session_hours=_int(
+            env, "CONSOLE_SESSION_HOURS", base.console_session_hours, minimum=1
         ),
         test_fault_injection=_choice(env, "TEST_FAULT_INJECTION", "", ("", *FAULT_POINTS)),
         test_poison_lead=env.get("TEST_POISON_LEAD", "").strip().lower(),

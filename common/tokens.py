@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import jwt
@@ -47,6 +48,53 @@ def verify_token(secret: str, token: str) -> Claims:
     if role not in ROLES:
         raise TokenError("token carries no known role")
     return Claims(sub=str(claims["sub"]), role=role)
+
+
+# Console sign-in links carry this audience: the API refuses them (a token with an audience
+# fails where none is expected), and a plain API token is no sign-in link.
+LINK_AUDIENCE = "crm-console-link"
+
+
+@dataclass(frozen=True)
+class LinkClaims:
+    sub: str
+    role: str
+    link_id: str  # one use only: the console records it when the link is used
+    expires_at: int
+
+
+def issue_link_token(secret: str, *, sub: str, role: str, ttl_seconds: int = 600) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    now = int(time.time())
+    claims = {
+        "sub": sub,
+        "role": role,
+        "aud": LINK_AUDIENCE,
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, secret, algorithm=_ALGORITHM)
+
+
+def verify_link_token(secret: str, token: str) -> LinkClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[_ALGORITHM],
+            audience=LINK_AUDIENCE,
+            options={"require": ["exp", "sub", "jti", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("link expired") from None
+    except jwt.InvalidTokenError:
+        raise TokenError("invalid link") from None
+    role = claims.get("role")
+    if role not in ROLES:
+        raise TokenError("link carries no known role")
+    return LinkClaims(str(claims["sub"]), role, str(claims["jti"]), int(claims["exp"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from sqlalchemy import Connection, Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from db.tables import FINAL_EVENT_STATUSES, dead_letters, webhook_events
+from db.tables import DEAD_LETTER_LEAD_EMAIL, FINAL_EVENT_STATUSES, dead_letters, webhook_events
 
 _SUMMARY = (
     dead_letters.c.id,
@@ -36,7 +36,9 @@ class Filters:
     status: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = 100
+    limit: int | None = 100  # None: every match (the console's "replay all that match")
+    error_class: str | None = None
+    lead_email: str | None = None  # case-insensitive, Instantly's and Cal.com's alike
 
 
 def record(
@@ -119,7 +121,11 @@ def mark_event_dead(
     )
 
 
-def _filtered(query: Select[Any], filters: Filters) -> Select[Any]:
+QueryT = TypeVar("QueryT", bound="Select[*tuple[Any, ...]]")
+
+
+def matching(query: QueryT, filters: Filters) -> QueryT:
+    """`query` narrowed to the dead letters the filters match (no order, no limit)."""
     if filters.provider:
         query = query.where(dead_letters.c.provider == filters.provider)
     if filters.reason:
@@ -130,7 +136,15 @@ def _filtered(query: Select[Any], filters: Filters) -> Select[Any]:
         query = query.where(dead_letters.c.last_failed_at >= filters.since)
     if filters.until:
         query = query.where(dead_letters.c.last_failed_at < filters.until)
-    return query.order_by(dead_letters.c.id).limit(filters.limit)
+    if filters.error_class:
+        query = query.where(dead_letters.c.error_class == filters.error_class)
+    if filters.lead_email:
+        query = query.where(DEAD_LETTER_LEAD_EMAIL.in_([filters.lead_email.strip().lower()]))
+    return query
+
+
+def _filtered(query: Select[Any], filters: Filters) -> Select[Any]:
+    return matching(query, filters).order_by(dead_letters.c.id).limit(filters.limit)
 
 
 def _plain(row: Any) -> dict[str, Any]:
@@ -194,3 +208,9 @@ def open_by_reason(conn: Connection) -> dict[str, int]:
         .order_by(dead_letters.c.reason)
     )
     return {reason: int(count) for reason, count in conn.execute(query)}
+
+
+def id_for_event(conn: Connection, *, event_id: UUID) -> int | None:
+    found = conn.execute(select(dead_letters.c.id).where(dead_letters.c.event_id == event_id))
+    value = found.scalar_one_or_none()
+    return None if value is None else int(value)

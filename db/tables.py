@@ -22,9 +22,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
 
@@ -166,6 +168,19 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
 
 
+# The lead's e-mail in a stored Instantly or Cal.com payload, lower-cased: what the console
+# searches events and dead letters by. Migration 006 indexes these very expressions.
+LEAD_EMAIL_SQL = (
+    "lower(coalesce(payload ->> 'lead_email', payload ->> 'email',"
+    " payload #>> '{payload,attendees,0,email}'))"
+)
+DEAD_LETTER_LEAD_EMAIL_SQL = (
+    "lower(coalesce(envelope #>> '{payload,lead_email}', envelope #>> '{payload,email}',"
+    " envelope #>> '{payload,payload,attendees,0,email}'))"
+)
+EVENT_LEAD_EMAIL: ColumnElement[str] = literal_column(LEAD_EMAIL_SQL, type_=Text)
+DEAD_LETTER_LEAD_EMAIL: ColumnElement[str] = literal_column(DEAD_LETTER_LEAD_EMAIL_SQL, type_=Text)
+
 webhook_events = Table(
     "webhook_events",
     metadata,
@@ -185,6 +200,8 @@ webhook_events = Table(
     *_timestamps(),
     UniqueConstraint("provider", "idempotency_key", name="uniq_webhook_events_key"),
     CheckConstraint(_one_of("status", EVENT_STATUSES), name="ck_webhook_events_status"),
+    Index("idx_webhook_events_received", text("received_at DESC"), text("id DESC")),
+    Index("idx_webhook_events_lead_email", text(LEAD_EMAIL_SQL), text("received_at DESC")),
 )
 
 DEAD_LETTER_STATUSES = ("open", "replayed", "discarded")
@@ -211,6 +228,9 @@ dead_letters = Table(
     UniqueConstraint("event_id", name="uniq_dead_letters_event"),
     CheckConstraint(_one_of("status", DEAD_LETTER_STATUSES), name="ck_dead_letters_status"),
     Index("idx_dead_letters_status_reason", "status", "reason"),
+    Index("idx_dead_letters_groups", "status", "provider", "reason", "error_class"),
+    Index("idx_dead_letters_last_failed", text("last_failed_at DESC")),
+    Index("idx_dead_letters_lead_email", text(DEAD_LETTER_LEAD_EMAIL_SQL)),
 )
 
 ADMIN_ACTIONS = ("replay", "replay_matching", "discard")

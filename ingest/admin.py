@@ -26,7 +26,8 @@ from ingest.status import engine
 _MAX_FILTER_BODY = 64 * 1024
 
 
-def _replayer(app: Starlette) -> Replayer:
+def replayer(app: Starlette) -> Replayer:
+    """The app's one Replayer (the admin API's and the console's), made on first use."""
     if getattr(app.state, "replayer", None) is None:
         settings: Settings = app.state.settings
         client = redis.Redis.from_url(
@@ -37,8 +38,8 @@ def _replayer(app: Starlette) -> Replayer:
             client,
             settings.broker_visibility_timeout,
         )
-    replayer: Replayer = app.state.replayer
-    return replayer
+    made: Replayer = app.state.replayer
+    return made
 
 
 def _actor(request: Request) -> Actor:
@@ -108,10 +109,10 @@ async def replay_dead_letter(request: Request) -> Response:
     dead_letter_id = _dead_letter_id(request)
     if dead_letter_id is None:
         return error(404, "Unknown dead letter")
-    replayer = _replayer(request.app)
-    outcome = await run_in_threadpool(replayer.replay_one, dead_letter_id)
+    worker = replayer(request.app)
+    outcome = await run_in_threadpool(worker.replay_one, dead_letter_id)
     summary = Summary.of([outcome])
-    await run_in_threadpool(replayer.audit, _actor(request), "replay", [dead_letter_id], summary)
+    await run_in_threadpool(worker.audit, _actor(request), "replay", [dead_letter_id], summary)
     if outcome.status == "skipped":
         return error(404, "Unknown or discarded dead letter")
     if outcome.status == "failed" and not outcome.retryable:
@@ -142,19 +143,19 @@ async def replay_matching(request: Request) -> Response:
         filters = _filters(params)
     except ValueError as exc:
         return error(400, str(exc))
-    replayer = _replayer(request.app)
+    worker = replayer(request.app)
     try:
-        ids = await run_in_threadpool(replayer.matching, filters)
+        ids = await run_in_threadpool(worker.matching, filters)
     except DataError:
         return error(400, _OUT_OF_RANGE)
     except SQLAlchemyError:
         return error(503, "Database unavailable, retry later")
     if dry_run:
         return JSONResponse({"matched": len(ids), "replayed": 0, "dry_run": True, "ids": ids})
-    summary = await run_in_threadpool(replayer.replay_many, ids)
+    summary = await run_in_threadpool(worker.replay_many, ids)
     await run_in_threadpool(
         functools.partial(
-            replayer.audit, _actor(request), "replay_matching", ids, summary, filters=filters
+            worker.audit, _actor(request), "replay_matching", ids, summary, filters=filters
         )
     )
     return JSONResponse(

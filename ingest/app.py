@@ -31,7 +31,7 @@ from common.providers import PROVIDERS
 from common.queue import Claimer
 from common.queue.durability import warn_if_not_durable
 from common.settings import Settings, SettingsError, load_settings
-from ingest import admin, auth, metrics, openapi, status
+from ingest import admin, auth, console, metrics, openapi, status
 from ingest.backpressure import Backpressure
 from ingest.deadlines import BodyDeadlines
 from ingest.idempotency import InvalidIdempotencyKey, derive_key
@@ -341,6 +341,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin.routes,
             *openapi.routes,
             *metrics.routes,
+            *console.routes,
         ],
         exception_handlers={HTTPException: _http_error, 500: _server_error},
         lifespan=lifespan,

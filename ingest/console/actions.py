@@ -1,0 +1,216 @@
+"""The console's actions (POST, admin, CSRF-checked): replay one, discard one, and replay all
+that match a filter — a dry run first, then a confirmation that names the number, then a job
+that replays every match (not only the page shown) while its page shows the progress. Each
+action is recorded in admin_actions. The job's progress lives in Redis, so any receiver
+process can show it; a second run matches nothing the first replayed (their status changed),
+and the worker's durable guard would make a repeat harmless anyway."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from common.replay import Actor, Outcome, Replayer, Summary
+from common.settings import Settings
+from db import console, dead_letters
+from ingest.admin import replayer
+from ingest.console import session as sessions
+from ingest.console.pages import (
+    FILTER_FIELDS,
+    BadInput,
+    dead_letter_filters,
+    dead_letter_id,
+    failure,
+    page,
+    query,
+    render,
+)
+from ingest.console.session import Session, guarded
+
+action = guarded(admin=True, csrf=True, failure=failure)
+_JOB_PREFIX = "crm:console:job:"
+_JOB_TTL_SECONDS = 24 * 3600
+_PROGRESS_EVERY = 25  # rows between two progress writes
+
+
+def _actor(session: Session) -> Actor:
+    return Actor(session.sub, session.role, "console")
+
+
+def _back(letter_id: int, done: str) -> Response:
+    return RedirectResponse(f"/console/dead-letters/{letter_id}?done={done}", status_code=303)
+
+
+@action
+async def replay_one(request: Request, session: Session) -> Response:
+    letter_id = dead_letter_id(request)
+    if letter_id is None:
+        return failure(request, 404, "No such dead letter", session)
+    worker = replayer(request.app)
+    outcome = await run_in_threadpool(worker.replay_one, letter_id)
+    if outcome.status == "skipped" and not await _exists(request, letter_id):
+        return failure(request, 404, "No such dead letter", session)
+    summary = Summary.of([outcome])
+    await run_in_threadpool(worker.audit, _actor(session), "replay", [letter_id], summary)
+    return _back(letter_id, outcome.status)
+
+
+@action
+async def discard_one(request: Request, session: Session) -> Response:
+    letter_id = dead_letter_id(request)
+    if letter_id is None:
+        return failure(request, 404, "No such dead letter", session)
+    worker = replayer(request.app)
+    outcome = await run_in_threadpool(worker.discard, letter_id)
+    if outcome.status == "skipped" and not await _exists(request, letter_id):
+        return failure(request, 404, "No such dead letter", session)
+    await run_in_threadpool(
+        worker.audit, _actor(session), "discard", [letter_id], Summary.of([outcome])
+    )
+    return _back(letter_id, outcome.status)
+
+
+async def _exists(request: Request, letter_id: int) -> bool:
+    found = await query(
+        request, lambda conn: dead_letters.get_dead_letter(conn, dead_letter_id=letter_id)
+    )
+    return found is not None
+
+
+@action
+async def replay_matching(request: Request, session: Session) -> Response:
+    form = await request.form()
+    params = {name: str(form.get(name) or "") for name in FILTER_FIELDS}
+    try:
+        filters = dead_letter_filters(params)
+    except BadInput as exc:
+        return failure(request, 400, str(exc), session)
+    try:
+        counts = await query(request, lambda conn: console.count_matching(conn, filters))
+    except SQLAlchemyError:
+        return failure(request, 503, "The database is unavailable; retry later", session)
+    fields = [(name, value) for name, value in params.items() if value]
+    expected = str(form.get("expected") or "")
+    if form.get("step") != "run" or expected != str(counts["matched"]):
+        # The dry run, and again whenever the matches changed since the admin confirmed.
+        return render(
+            request, "confirm.html", session, "Replay all that match", matched=counts["matched"],
+            skipped=counts["skipped"], would_replay=counts["matched"] - counts["skipped"],
+            filter_fields=fields,
+            notice="The matches changed since the dry run; check the number again."
+            if expected else None,
+        )  # fmt: skip
+    ids = await query(request, lambda conn: dead_letters.matching_ids(conn, filters))
+    job = _Job(id=uuid.uuid4().hex, total=len(ids))
+    settings: Settings = request.app.state.settings
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    _save(client, job)
+    threading.Thread(
+        target=_run_job,
+        args=(replayer(request.app), client, job, ids, filters, _actor(session)),
+        name=f"console-replay-{job.id}",
+        daemon=True,
+    ).start()
+    return RedirectResponse(f"/console/jobs/{job.id}", status_code=303)
+
+
+@dataclass
+class _Job:
+    id: str
+    total: int
+    done: int = 0
+    replayed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    finished: bool = False
+    failures: list[dict[str, object]] = field(default_factory=list)
+
+
+def _save(client: redis.Redis, job: _Job) -> None:
+    client.set(_JOB_PREFIX + job.id, json.dumps(asdict(job)), ex=_JOB_TTL_SECONDS)
+
+
+def _run_job(
+    worker: Replayer,
+    client: redis.Redis,
+    job: _Job,
+    ids: list[int],
+    filters: dead_letters.Filters,
+    actor: Actor,
+) -> None:
+    def progress(position: int, outcome: Outcome) -> None:
+        job.done = position
+        setattr(job, outcome.status, getattr(job, outcome.status) + 1)
+        if outcome.status == "failed":
+            job.failures.append({"id": outcome.dead_letter_id, "reason": outcome.detail})
+        if position % _PROGRESS_EVERY == 0:
+            _save_quietly(client, job)
+
+    try:
+        summary = worker.replay_many(ids, progress)
+        worker.audit(actor, "replay_matching", ids, summary, filters=filters)
+    finally:
+        job.finished = True
+        _save_quietly(client, job)
+        client.close()
+
+
+def _save_quietly(client: redis.Redis, job: _Job) -> None:
+    with contextlib.suppress(RedisError):  # the page then shows older progress; it goes on
+        _save(client, job)
+
+
+@page
+async def job_page(request: Request, session: Session) -> Response:
+    job_id = request.path_params["job_id"]
+    client = request.app.state.ready_clients["redis"]
+    raw = await client.get(_JOB_PREFIX + job_id) if job_id.isalnum() else None
+    if raw is None:
+        return failure(request, 404, "No such replay (they are kept for a day)", session)
+    job: dict[str, Any] = json.loads(raw)
+    return render(
+        request, "job.html", session, "Replay all that match", job=job,
+        refresh=None if job["finished"] else 1,
+    )  # fmt: skip
+
+
+async def sign_in(request: Request) -> Response:
+    token = request.query_params.get("token", "")
+    try:
+        return await sessions.sign_in(request, token)
+    except sessions.LinkRefused as exc:
+        reason = str(exc)
+    except RedisError:
+        return sessions.secure(failure(request, 503, "Redis is unavailable; retry later", None))
+    response = render(
+        request, "message.html", None, "Sign-in link refused", 401,
+        message=f"This sign-in link cannot be used: {reason}. Links work once, for a few "
+        "minutes.", signed_out=True,
+    )  # fmt: skip
+    return sessions.secure(response)
+
+
+async def sign_out(request: Request) -> Response:
+    current = await sessions.current(request)
+    if current is None:
+        return sessions.secure(RedirectResponse("/console", status_code=303))
+    form = await request.form()
+    if not sessions.csrf_ok(current, form.get("csrf")):
+        return sessions.secure(
+            failure(request, 403, "The form's CSRF token is missing or wrong", current)
+        )
+    await sessions.sign_out(request)
+    response = RedirectResponse("/console", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/console")
+    return sessions.secure(response)
