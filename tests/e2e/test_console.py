@@ -1,0 +1,205 @@
+"""The console over HTTP: sign-in links, sessions, CSRF, roles, security headers, hostile
+payloads shown as text, bad input as pages, and no token or session id in any log line."""
+
+from __future__ import annotations
+
+import html
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from common.settings import Settings
+from common.tokens import issue_token
+from tests.e2e.console_helpers import csrf_of, dead_letters_of, leads, link, signed_in
+from tests.e2e.stack import ROOT, Process, scalar, wait_processed
+from tests.payloads import encode, reply, signed_headers
+
+pytestmark = pytest.mark.e2e
+
+PAGES = [
+    "/console",
+    "/console/events",
+    "/console/dead-letters",
+    "/console/audit",
+    "/console/leads?email=maria.keller@nordfracht.de",
+    "/console/static/console.css",
+]
+
+
+def _status(engine: Engine, letter_id: int) -> str:
+    return str(scalar(engine, "SELECT status FROM dead_letters WHERE id = :i", i=letter_id))
+
+
+def test_a_link_signs_in_once_and_leaves_the_address_bar(
+    stack: str, settings: Settings, receiver_process: tuple[Process, str]
+) -> None:
+    url = link(stack, settings, sub="alice", role="reader")
+    first = httpx.get(url, follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/console"
+    cookie = first.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/console" in cookie
+    assert "Secure" not in cookie  # APP_ENV=test; production adds it
+    session_id = first.cookies["crm_console"]
+    home = httpx.get(f"{stack}/console", cookies={"crm_console": session_id})
+    assert home.status_code == 200 and "alice (reader)" in home.text
+
+    again = httpx.get(url, follow_redirects=False)
+    assert again.status_code == 401
+    assert "already used" in again.text and "crm-console-link" in again.text
+
+    token = url.split("token=", 1)[1]
+    logged = receiver_process[0].output()
+    assert token not in logged and session_id not in logged
+
+
+def test_expired_forged_and_api_tokens_do_not_sign_in(stack: str, settings: Settings) -> None:
+    expired = httpx.get(link(stack, settings, ttl=-10), follow_redirects=False)
+    assert expired.status_code == 401 and "expired" in expired.text
+    api_token = issue_token(settings.jwt_secret.get(), sub="tests", role="admin")
+    as_link = httpx.get(f"{stack}/console/sign-in?token={api_token}", follow_redirects=False)
+    assert as_link.status_code == 401 and "crm_console" not in as_link.headers.get("set-cookie", "")
+    link_token = link(stack, settings).split("token=", 1)[1]
+    as_api = httpx.get(
+        f"{stack}/admin/dead-letters", headers={"Authorization": f"Bearer {link_token}"}
+    )
+    assert as_api.status_code == 401
+
+
+def test_without_a_session_every_page_says_how_to_sign_in(stack: str) -> None:
+    for path in PAGES[:-1]:
+        answer = httpx.get(f"{stack}{path}", cookies={"crm_console": "no-such-session"})
+        assert answer.status_code == 401, path
+        assert "crm-console-link --sub" in answer.text
+
+
+def test_every_answer_carries_the_security_headers(stack: str, settings: Settings) -> None:
+    with signed_in(stack, settings) as client:
+        for path in [*PAGES, "/console/events/not-a-uuid", "/console/events?since=soon"]:
+            answer = client.get(path)
+            csp = answer.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in csp, path
+            assert "unsafe-inline" not in csp and "script-src 'self'" in csp, path
+            assert answer.headers["referrer-policy"] == "no-referrer", path
+            if path.endswith(".css"):
+                assert answer.status_code == 200
+            else:
+                assert answer.headers["content-type"].startswith("text/html"), path
+                assert (
+                    "http://" not in re.sub(r'href="/[^"]*"', "", answer.text).split("<main>")[0]
+                ), path  # no asset from another host
+
+
+def test_bad_input_is_a_page_that_names_the_field(stack: str, settings: Settings) -> None:
+    with signed_in(stack, settings) as client:
+        for path, status, said in [
+            ("/console/events?since=soon", 400, "'since'"),
+            ("/console/events?status=lost", 400, "'status'"),
+            ("/console/dead-letters?status=gone", 400, "'status'"),
+            ("/console/dead-letters?before_id=x", 400, "'before_id'"),
+            ("/console/leads", 400, "'email'"),
+            ("/console/events/6f0c2f1e-7d4a-4b8e-9a31-0d7c6e5b4a29", 404, "No such event"),
+            ("/console/dead-letters/424242", 404, "No such dead letter"),
+            ("/console/jobs/nothing", 404, "No such replay"),
+        ]:
+            answer = client.get(path)
+            assert answer.status_code == status, (path, answer.text)
+            assert said in html.unescape(answer.text), path
+            assert "Traceback" not in answer.text
+
+
+def test_posts_need_the_sessions_csrf_token_and_an_admin(
+    stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    [letter] = dead_letters_of(stack, superuser_engine, leads(1, "csrf"))
+    page = f"/console/dead-letters/{letter}"
+    with (
+        signed_in(stack, settings, sub="ann", role="admin") as admin,
+        signed_in(stack, settings, sub="bob", role="admin") as other,
+        signed_in(stack, settings, sub="rita", role="reader") as reader,
+    ):
+        token = csrf_of(admin.get(page).text)
+        other_token = csrf_of(other.get(page).text)
+        reader_page = reader.get(page).text
+        assert 'id="replay"' not in reader_page and 'id="discard"' not in reader_page
+        refused = [
+            admin.post(f"{page}/replay", data={}),
+            admin.post(f"{page}/replay", data={"csrf": other_token}),
+            admin.post(f"{page}/discard", data={"csrf": "forged"}),
+            admin.post("/console/dead-letters/replay", data={"status": "all"}),
+            reader.post(f"{page}/replay", data={"csrf": csrf_of(reader_page)}),
+            reader.post("/console/dead-letters/replay", data={"csrf": csrf_of(reader_page)}),
+        ]
+        assert [answer.status_code for answer in refused] == [403] * 6
+        assert _status(superuser_engine, letter) == "open"
+        assert scalar(superuser_engine, "SELECT count(*) FROM admin_actions") == 0
+
+        discarded = admin.post(f"{page}/discard", data={"csrf": token})
+        assert discarded.status_code == 303
+        assert discarded.headers["location"] == f"{page}?done=discarded"
+        assert _status(superuser_engine, letter) == "discarded"
+        shown = admin.get(discarded.headers["location"]).text
+        assert "Discarded" in shown and "ann (admin, console)" in shown
+
+
+def test_hostile_payloads_are_shown_as_text_everywhere(
+    stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    script, attribute = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
+    body = reply(
+        "xss@hostile.example.com",
+        firstName=script,
+        lastName=attribute,
+        companyName=script,
+        reply_text=f"{script} {attribute}",
+        reply_text_snippet=attribute,
+        website="javascript:alert(1)",
+        unibox_url="javascript:alert(1)",
+        email_id="xss-1",
+    )
+    raw = encode(body)
+    event_id = httpx.post(
+        f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw)
+    ).json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    with signed_in(stack, settings) as client:
+        for path in [
+            "/console",
+            f"/console/events/{event_id}",
+            "/console/events?email=xss@hostile.example.com",
+            "/console/leads?email=xss@hostile.example.com",
+        ]:
+            page = client.get(path).text
+            assert script not in page and "<img src=x" not in page, path
+            assert 'href="javascript:' not in page, path
+        lead = client.get("/console/leads?email=xss@hostile.example.com").text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in lead
+
+
+def test_the_cli_prints_a_working_link_as_its_last_line(
+    stack: str, stack_env: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("crm-console-link")), "--sub", "cli-user",
+         "--role", "reader", "--url", stack, "--ttl", "60"],
+        env=stack_env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"{stack}/console/sign-in?token=")
+    assert httpx.get(last, follow_redirects=False).status_code == 303
+
+
+def test_sign_out_ends_the_session_for_good(stack: str, settings: Settings) -> None:
+    with signed_in(stack, settings, role="reader") as client:
+        token = csrf_of(client.get("/console").text)
+        session_id = client.cookies["crm_console"]
+        assert client.post("/console/sign-out", data={}).status_code == 403  # no CSRF token
+        out = client.post("/console/sign-out", data={"csrf": token})
+        assert out.status_code == 303
+        again = httpx.get(f"{stack}/console", cookies={"crm_console": session_id})
+        assert again.status_code == 401
