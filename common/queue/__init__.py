@@ -173,7 +173,8 @@ def requeue(
 def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTask]:
     """Up to `limit` more queued tasks, oldest first, straight off the list, held for
     `hold_seconds`. What is not for a batch now (another task, a retry whose countdown still
-    runs, an unreadable message) goes back to the consuming end at once, for Celery."""
+    runs, an unreadable message) goes back to the consuming end at once, for Celery. A popped
+    task is never dropped: a Redis refusing writes costs the lease, not the task."""
     if limit < 1:
         return []
     popped: list[bytes] = client.rpop(QUEUE_NAME, limit) or []  # type: ignore[assignment]
@@ -190,22 +191,34 @@ def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTa
             others.append(raw)
         else:
             taken.append(task)
-    pipe = client.pipeline(transaction=True)
     if others:
-        # RPUSH in reverse: the consuming end (right) gets them back in their queue order.
-        pipe.rpush(QUEUE_NAME, *reversed(others))
-    if taken:
-        due = time.time() + hold_seconds
-        pipe.zadd(DUE_KEY, dict.fromkeys((task.task_id for task in taken), due), xx=True)
-    try:
-        pipe.execute()
-    except redis.RedisError:
-        # Popped but neither held nor given back (a full Redis refuses writes): all back to
-        # the consuming end if Redis takes that; else the in-flight sweep brings them back.
-        with contextlib.suppress(redis.RedisError):
-            client.rpush(QUEUE_NAME, *reversed(popped))
-        raise
+        _give_back(client, others)
+    # A full Redis refuses the lease; the tasks are ours all the same. Unheld, a task is due
+    # again when its record says (a visibility timeout after it was queued), as before it.
+    with contextlib.suppress(redis.RedisError):
+        hold(client, [task.task_id for task in taken], seconds=hold_seconds)
     return taken
+
+
+# Popped messages that are not for this batch must go back: nothing else would ever queue
+# them again before the sweep. A full Redis refuses the RPUSH (popping frees memory, so it is
+# allowed), hence a wait — bounded, after which the sweep is the way back.
+_GIVE_BACK_PAUSES = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+_GIVE_BACK_SECONDS = 600.0
+
+
+def _give_back(client: redis.Redis, raws: list[bytes]) -> None:
+    started, tries = time.monotonic(), 0
+    while True:
+        try:
+            # RPUSH in reverse: the consuming end (right) gets them back in their queue order.
+            client.rpush(QUEUE_NAME, *reversed(raws))
+            return
+        except redis.RedisError:
+            if time.monotonic() - started > _GIVE_BACK_SECONDS:
+                raise
+            time.sleep(_GIVE_BACK_PAUSES[min(tries, len(_GIVE_BACK_PAUSES) - 1)])
+            tries += 1
 
 
 def hold(client: redis.Redis, event_ids: list[str], *, seconds: float) -> None:
