@@ -24,7 +24,8 @@ install: $(STAMP) ## create .venv and install the locked dependencies
 # docker-compose (Debian's v1) validates docker-compose.yml in tests/test_compose.py; `config`
 # needs no Docker engine, so the engine it recommends is not installed. promtool (Debian's
 # prometheus package, without the server's recommends) checks deploy/prometheus/alerts.yml.
-tools: ## install wrk, docker-compose and promtool from Debian's packages if missing
+# chromium is the browser the console's tests drive through Playwright (executable_path).
+tools: ## install wrk, docker-compose, promtool and chromium from Debian's packages if missing
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| { echo "make: wrk is needed: apt-get install wrk" >&2; exit 1; }
@@ -34,6 +35,9 @@ tools: ## install wrk, docker-compose and promtool from Debian's packages if mis
 	@command -v promtool >/dev/null || apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } \
 		|| { echo "make: promtool is needed: apt-get install prometheus" >&2; exit 1; }
+	@command -v chromium >/dev/null || apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
+		|| { echo "make: chromium is needed: apt-get install chromium" >&2; exit 1; }
 	@command -v redis-server >/dev/null || { echo "make: redis-server is needed: apt-get install redis-server" >&2; exit 1; }
 
 run: install ## bootstrap + migrate the database, then run the receiver and a worker
