@@ -30,6 +30,7 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, create_engine, pool, text
 
+from bench.console import measure_console
 from bench.naive import NAIVE_QUEUE, NAIVE_TASK
 from bench.reference import run_reference
 from bench.stack import (
@@ -424,6 +425,13 @@ def _table(results: dict[str, Any]) -> str:
             f"ms, p99 {e2e['p99_ms']} ms (median round; p99 of each {e2e['all_p99_ms']})",
         ),
         (
+            "7 console",
+            f"{results['console']['worst_p99_ms']} ms",
+            f"worst page p99 of {len(results['console']['pages'])} pages, "
+            f"{results['console']['events']:,} events and "
+            f"{results['console']['dead_letters']:,} dead letters",
+        ),
+        (
             "6 memory",
             f"{results['memory']['receiver_peak_rss_mb']} MB",
             f"receiver; workers c=2 (main, children) {results['memory']['worker_c2_mb']} MB",
@@ -443,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-rounds", type=int, default=3, help="end-to-end rounds (median)")
     parser.add_argument("--redis-db", type=int, default=15, help="scratch Redis DB (flushed)")
     parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument(
+        "--console-only",
+        action="store_true",
+        help="part 7 (console pages) only, printed as JSON; bench/results.json is left as it is",
+    )
     parser.add_argument(
         "--ingest-only",
         action="store_true",
@@ -489,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"batches of up to {settings.worker_batch_size} events",
             },
         }
+        if args.console_only:
+            print(json.dumps(measure_console(url, settings), indent=2))
+            return 0
         print("bench: 1-3 bare / floor / floor pipelined / ingest ...", file=sys.stderr)
         bench = _Bench(args, url, bodies, env, settings, client, log_dir)
         results["ingest"] = measure_ingest(bench)
@@ -505,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
             "worker_c1_mb": results["drain"].pop("memory_worker_c1_mb"),
             "worker_c2_mb": results["drain"].pop("memory_worker_c2_mb"),
         }
+        print("bench: 7 console pages ...", file=sys.stderr)
+        results["console"] = measure_console(url, settings)
         results["ingest_over_floor"] = results["ingest"]["ingest_over_floor"]
         results["ingest_over_floor_pipelined"] = results["ingest"]["ingest_over_floor_pipelined"]
         results["drain_over_reference"] = results["drain"]["c2_over_reference"]

@@ -71,9 +71,10 @@ def take(
     broker_url: str,
     engine: Engine,
     *,
-    workers: Callable[[], list[str]] | None = None,
+    workers: Callable[[], list[str] | None] | None = None,
 ) -> Overview:
-    """The overview now. `workers`: how to ask which workers answer (a broadcast ping)."""
+    """The overview now. `workers`: how to ask which workers answer (a broadcast ping; None
+    from it: not known yet)."""
     overview = Overview(dependencies=dependencies(redis_urls(redis_url, broker_url), engine))
     broker = "broker" if "broker" in overview.dependencies else "redis"
     if overview.dependencies[broker] == "ok":

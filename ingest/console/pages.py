@@ -4,6 +4,7 @@ the audit trail. Server-rendered, autoescaped: a payload's values are always sho
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -93,20 +94,25 @@ async def guarded_query(
 
 
 class _WorkerPing:
-    """The workers' answer to a ping, at most a few seconds old: a broadcast ping waits its
-    whole timeout, which no page should."""
+    """The workers' last answer to a ping, refreshed in the background at most every few
+    seconds: a broadcast ping waits its whole timeout, which no page should."""
 
     MAX_AGE_SECONDS = 10.0
 
     def __init__(self) -> None:
         self.workers: list[str] | None = None
-        self.asked_at = 0.0
+        self.asked_at = -self.MAX_AGE_SECONDS
+        self._lock = threading.Lock()
 
     def latest(self, broker_url: str) -> list[str] | None:
-        if time.monotonic() - self.asked_at > self.MAX_AGE_SECONDS:
-            self.asked_at = time.monotonic()
-            self.workers = overview.ping_workers(broker_url, timeout=0.5)
+        with self._lock:
+            if time.monotonic() - self.asked_at > self.MAX_AGE_SECONDS:
+                self.asked_at = time.monotonic()
+                threading.Thread(target=self._ask, args=(broker_url,), daemon=True).start()
         return self.workers
+
+    def _ask(self, broker_url: str) -> None:
+        self.workers = overview.ping_workers(broker_url, timeout=0.5)
 
 
 _PINGS = _WorkerPing()
@@ -120,7 +126,7 @@ async def overview_page(request: Request, session: Session) -> Response:
         settings.redis_url,
         settings.celery_broker_url,
         engine(request.app),
-        workers=lambda: _PINGS.latest(settings.celery_broker_url) or [],
+        workers=lambda: _PINGS.latest(settings.celery_broker_url),
     )
     extra = await guarded_query(
         request, session, lambda conn: (console.recent_counts(conn), console.last_failures(conn))
