@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run test lint typecheck rules pytest bench lock clean
+.PHONY: help install tools run test lint typecheck rules pytest bench screenshots lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ test: lint typecheck rules pytest ## ruff, mypy, promtool and the whole test sui
 
 bench: install tools ## throughput and latency against same-run references; writes bench/results.json
 	$(BIN)/python -m bench.run
+
+screenshots: install tools ## demo data, then a PNG of each console page in docs/console/
+	PYTHONPATH=. $(BIN)/python docs/screenshots.py
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -30,9 +30,21 @@ from ingest.console.session import Session, guarded
 from ingest.status import engine
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-templates.env.filters["when"] = lambda value: (
-    value.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(value, datetime) else (value or "—")
-)
+
+
+def _when(value: object) -> str:
+    """A time as people read it; stored rows come as datetimes or ISO 8601 text."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return "—"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "—"
+
+
+templates.env.filters["when"] = _when
 
 PAGE_SIZE = 50
 T = TypeVar("T")
