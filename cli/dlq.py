@@ -118,18 +118,17 @@ def _replay(
         print(f"{line}{outcome.status} {outcome.detail}".rstrip(), flush=True)
 
     summary = replayer.replay_many(ids, progress, dry_run=args.dry_run)
-    if not args.dry_run:
-        if args.all:
-            replayer.audit(actor, "replay_matching", ids, summary, filters=filters)
-        else:
-            replayer.audit(actor, "replay", ids, summary)
-    if args.dry_run:
+    if args.dry_run:  # changes nothing, so no record in the audit trail
         listed = " ".join(map(str, replayed)) or "-"
         print(
             f"dry run: {summary.replayed} dead letter(s) would be replayed: {listed}; "
             f"{summary.skipped} skipped, {summary.failed} failed"
         )
     else:
+        if args.all:
+            replayer.audit(actor, "replay_matching", ids, summary, filters=filters)
+        else:
+            replayer.audit(actor, "replay", ids, summary)
         print(f"replayed {summary.replayed}, skipped {summary.skipped}, failed {summary.failed}")
     for failure in summary.failures:
         print(
