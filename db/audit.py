@@ -51,7 +51,7 @@ def recent(
     query = select(admin_actions).order_by(admin_actions.c.id.desc()).limit(limit)
     if before_id is not None:
         query = query.where(admin_actions.c.id < before_id)
-    return [dict(row._mapping) for row in conn.execute(query)]
+    return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def for_dead_letter(conn: Connection, *, dead_letter_id: int) -> list[dict[str, Any]]:
@@ -61,4 +61,4 @@ def for_dead_letter(conn: Connection, *, dead_letter_id: int) -> list[dict[str, 
         .where(admin_actions.c.dead_letter_ids.contains([dead_letter_id]))
         .order_by(admin_actions.c.id)
     )
-    return [dict(row._mapping) for row in conn.execute(query)]
+    return [dict(row) for row in conn.execute(query).mappings()]

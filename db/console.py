@@ -34,8 +34,8 @@ class EventFilters:
     until: datetime | None = None
 
 
-def _plain(row: Any) -> dict[str, Any]:
-    return dict(row._mapping)
+def _rows(result: Any) -> list[dict[str, Any]]:
+    return [dict(row) for row in result.mappings()]
 
 
 _EVENT_SUMMARY = (
@@ -76,16 +76,20 @@ def search_events(
             tuple_(webhook_events.c.received_at, webhook_events.c.id) < tuple_(*before)
         )
     order = (webhook_events.c.received_at.desc(), webhook_events.c.id.desc())
-    return [_plain(row) for row in conn.execute(query.order_by(*order).limit(limit))]
+    return _rows(conn.execute(query.order_by(*order).limit(limit)))
 
 
 def event(conn: Connection, *, event_id: UUID) -> dict[str, Any] | None:
-    row = conn.execute(
-        select(webhook_events, EVENT_LEAD_EMAIL.label("lead_email")).where(
-            webhook_events.c.id == event_id
+    row = (
+        conn.execute(
+            select(webhook_events, EVENT_LEAD_EMAIL.label("lead_email")).where(
+                webhook_events.c.id == event_id
+            )
         )
-    ).first()
-    return None if row is None else _plain(row)
+        .mappings()
+        .first()
+    )
+    return None if row is None else dict(row)
 
 
 def recent_counts(conn: Connection) -> list[dict[str, Any]]:
@@ -104,7 +108,7 @@ def recent_counts(conn: Connection) -> list[dict[str, Any]]:
         .group_by(webhook_events.c.provider, webhook_events.c.event_type, webhook_events.c.status)
         .order_by(func.count().desc())
     )
-    return [_plain(row) for row in conn.execute(query)]
+    return _rows(conn.execute(query))
 
 
 def last_failures(conn: Connection, *, limit: int = 10) -> list[dict[str, Any]]:
@@ -122,7 +126,7 @@ def last_failures(conn: Connection, *, limit: int = 10) -> list[dict[str, Any]]:
         .order_by(dead_letters.c.last_failed_at.desc())
         .limit(limit)
     )
-    return [_plain(row) for row in conn.execute(query)]
+    return _rows(conn.execute(query))
 
 
 def dead_letter_groups(conn: Connection, *, status: str | None) -> list[dict[str, Any]]:
@@ -141,7 +145,7 @@ def dead_letter_groups(conn: Connection, *, status: str | None) -> list[dict[str
     query = query.group_by(
         dead_letters.c.provider, dead_letters.c.reason, dead_letters.c.error_class
     ).order_by(func.count().desc())
-    return [_plain(row) for row in conn.execute(query)]
+    return _rows(conn.execute(query))
 
 
 def dead_letter_page(
@@ -168,9 +172,7 @@ def dead_letter_page(
     )
     if before_id is not None:
         query = query.where(dead_letters.c.id < before_id)
-    return [
-        _plain(row) for row in conn.execute(query.order_by(dead_letters.c.id.desc()).limit(limit))
-    ]
+    return _rows(conn.execute(query.order_by(dead_letters.c.id.desc()).limit(limit)))
 
 
 def count_matching(conn: Connection, filters: dead_letter_queries.Filters) -> dict[str, int]:
@@ -190,34 +192,37 @@ def lead(conn: Connection, *, email: str) -> dict[str, Any] | None:
     """A lead's contact, company, deal and stage, activities and events: None if no contact
     and no event has this e-mail."""
     wanted = email.strip().lower()
-    contact = conn.execute(
-        select(contacts, companies.c.name.label("company_name"), companies.c.domain)
-        .select_from(contacts.outerjoin(companies, companies.c.id == contacts.c.company_id))
-        .where(func.lower(contacts.c.email) == wanted)
-    ).first()
+    found = (
+        conn.execute(
+            select(contacts, companies.c.name.label("company_name"), companies.c.domain)
+            .select_from(contacts.outerjoin(companies, companies.c.id == contacts.c.company_id))
+            .where(func.lower(contacts.c.email) == wanted)
+        )
+        .mappings()
+        .first()
+    )
+    contact = None if found is None else dict(found)
     found_events = search_events(conn, EventFilters(lead_email=wanted), limit=200)
     if contact is None and not found_events:
         return None
     lead_deals: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
     if contact is not None:
-        lead_deals = [
-            _plain(row)
-            for row in conn.execute(
+        lead_deals = _rows(
+            conn.execute(
                 select(deals, pipeline_stages.c.name.label("stage"))
                 .join(pipeline_stages, pipeline_stages.c.id == deals.c.stage_id)
-                .where(deals.c.contact_id == contact.id)
+                .where(deals.c.contact_id == contact["id"])
                 .order_by(deals.c.created_at)
             )
-        ]
-        notes = [
-            _plain(row)
-            for row in conn.execute(
+        )
+        notes = _rows(
+            conn.execute(
                 select(activities)
-                .where(activities.c.contact_id == contact.id)
+                .where(activities.c.contact_id == contact["id"])
                 .order_by(activities.c.created_at)
             )
-        ]
+        )
     timeline = sorted(
         [{"at": e["received_at"], "kind": "event", "item": e} for e in found_events]
         + [{"at": n["created_at"], "kind": "activity", "item": n} for n in notes],
@@ -225,7 +230,7 @@ def lead(conn: Connection, *, email: str) -> dict[str, Any] | None:
     )
     return {
         "email": wanted,
-        "contact": None if contact is None else _plain(contact),
+        "contact": contact,
         "deals": lead_deals,
         "timeline": timeline,
     }
@@ -235,4 +240,4 @@ def activities_of_event(conn: Connection, *, event_id: UUID) -> list[dict[str, A
     query = select(activities.c.id, activities.c.type, activities.c.subject).where(
         activities.c.event_id == event_id
     )
-    return [_plain(row) for row in conn.execute(query)]
+    return _rows(conn.execute(query))

@@ -592,8 +592,8 @@ def _actions(engine: Engine) -> list[dict[str, Any]]:
                 "SELECT actor, role, source, action, dead_letter_ids, filters, matched, replayed,"
                 " skipped, failed, outcome FROM admin_actions ORDER BY id"
             )
-        )
-        return [dict(row._mapping) for row in rows]
+        ).mappings()
+        return [dict(row) for row in rows]
 
 
 def test_every_replay_and_discard_is_recorded_with_who_did_it(
