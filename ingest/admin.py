@@ -60,9 +60,13 @@ def _filters(params: Mapping[str, object]) -> dead_letters.Filters:
 _OUT_OF_RANGE = "A filter value is out of range"
 
 
-def _dead_letter_id(request: Request) -> int | None:
-    raw = request.path_params["dead_letter_id"]
+def parse_id(raw: str) -> int | None:
+    """A row id from a URL: ASCII digits only, few enough for a bigint; None otherwise."""
     return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
+def dead_letter_id_of(request: Request) -> int | None:
+    return parse_id(request.path_params["dead_letter_id"])
 
 
 @requires_role("reader", "admin")
@@ -87,7 +91,7 @@ async def list_dead_letters(request: Request) -> Response:
 
 @requires_role("reader", "admin")
 async def show_dead_letter(request: Request) -> Response:
-    dead_letter_id = _dead_letter_id(request)
+    dead_letter_id = dead_letter_id_of(request)
     if dead_letter_id is None:
         return error(404, "Unknown dead letter")
 
@@ -106,7 +110,7 @@ async def show_dead_letter(request: Request) -> Response:
 
 @requires_role("admin")
 async def replay_dead_letter(request: Request) -> Response:
-    dead_letter_id = _dead_letter_id(request)
+    dead_letter_id = dead_letter_id_of(request)
     if dead_letter_id is None:
         return error(404, "Unknown dead letter")
     worker = replayer(request.app)

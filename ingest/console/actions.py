@@ -24,13 +24,12 @@ from starlette.responses import RedirectResponse, Response
 from common.replay import Actor, Outcome, Replayer, Summary
 from common.settings import Settings
 from db import console, dead_letters
-from ingest.admin import replayer
+from ingest.admin import dead_letter_id_of, replayer
 from ingest.console import session as sessions
 from ingest.console.pages import (
     FILTER_FIELDS,
     BadInput,
     dead_letter_filters,
-    dead_letter_id,
     failure,
     page,
     query,
@@ -54,7 +53,7 @@ def _back(letter_id: int, done: str) -> Response:
 
 @action
 async def replay_one(request: Request, session: Session) -> Response:
-    letter_id = dead_letter_id(request)
+    letter_id = dead_letter_id_of(request)
     if letter_id is None:
         return failure(request, 404, "No such dead letter", session)
     worker = replayer(request.app)
@@ -68,7 +67,7 @@ async def replay_one(request: Request, session: Session) -> Response:
 
 @action
 async def discard_one(request: Request, session: Session) -> Response:
-    letter_id = dead_letter_id(request)
+    letter_id = dead_letter_id_of(request)
     if letter_id is None:
         return failure(request, 404, "No such dead letter", session)
     worker = replayer(request.app)

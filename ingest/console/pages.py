@@ -26,6 +26,7 @@ from common.replay import ANY_STATUS, filters_from, parse_time
 from common.settings import Settings
 from db import audit, console, dead_letters
 from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
+from ingest.admin import dead_letter_id_of, parse_id
 from ingest.console.session import Session, guarded
 from ingest.status import engine
 
@@ -292,9 +293,9 @@ async def dead_letters_page(request: Request, session: Session) -> Response:
     try:
         filters = dead_letter_filters(params)
         raw_before = params.get("before_id", "")
-        if raw_before and not (raw_before.isdigit() and len(raw_before) < 19):
+        before_id = parse_id(raw_before)
+        if raw_before and before_id is None:
             raise BadInput("'before_id' must be a dead letter id")
-        before_id = int(raw_before) if raw_before else None
     except BadInput as exc:
         return failure(request, 400, str(exc), session)
 
@@ -319,11 +320,6 @@ async def dead_letters_page(request: Request, session: Session) -> Response:
     )  # fmt: skip
 
 
-def dead_letter_id(request: Request) -> int | None:
-    raw = request.path_params["dead_letter_id"]
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
-
-
 # What an action's redirect may announce: fixed texts, so a crafted link cannot put words here.
 _NOTICES = {
     "replayed": "Replayed: the event is back on the queue.",
@@ -335,7 +331,7 @@ _NOTICES = {
 
 @page
 async def dead_letter_page(request: Request, session: Session) -> Response:
-    letter_id = dead_letter_id(request)
+    letter_id = dead_letter_id_of(request)
     if letter_id is None:
         return failure(request, 404, "No such dead letter", session)
 
@@ -360,9 +356,9 @@ async def dead_letter_page(request: Request, session: Session) -> Response:
 @page
 async def audit_page(request: Request, session: Session) -> Response:
     raw_before = request.query_params.get("before_id", "")
-    if raw_before and not (raw_before.isdigit() and len(raw_before) < 19):
+    before_id = parse_id(raw_before)
+    if raw_before and before_id is None:
         return failure(request, 400, "'before_id' must be an action id", session)
-    before_id = int(raw_before) if raw_before else None
     rows = await guarded_query(
         request, session, lambda conn: audit.recent(conn, limit=PAGE_SIZE, before_id=before_id)
     )
