@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +22,17 @@ from tests.payloads import encode, reply, signed_headers
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 CONNECTIONS = 10
-WINDOWS = 6  # the p99 is compared between the halves, window by window
+WINDOWS = 12  # of 10 s at the default length; the p99 is compared between the halves
+
+
+def _level(p99s: list[float]) -> float:
+    """A half's lasting p99: its second-quietest window. Drift raises every later window; a
+    disturbance of the machine raises only the windows it lasts (in CI, one lasted ~40 s, two
+    20-s windows at 790 and 457 ms between calm ones), and a half's level moves only when all
+    but one of its six windows are disturbed."""
+    return sorted(p99s)[1]
+
+
 PROCESSED = "SELECT count(*) FROM webhook_events WHERE status = 'processed'"
 
 
@@ -135,8 +144,8 @@ def test_soak_at_half_capacity_holds_errors_latency_and_memory(
         "wrapped": load["wrapped"],
         "window_s": round((ended - started) / WINDOWS, 1),
         "p99_per_window_ms": p99s,
-        "p99_first_half_median_ms": statistics.median(p99s[:half]),
-        "p99_second_half_median_ms": statistics.median(p99s[half:]),
+        "p99_first_half_level_ms": _level(p99s[:half]),
+        "p99_second_half_level_ms": _level(p99s[half:]),
         "rss_start_mb": rss_start,
         "rss_end_mb": rss_end,
     }
@@ -148,10 +157,8 @@ def test_soak_at_half_capacity_holds_errors_latency_and_memory(
     assert scalar(superuser_engine, PROCESSED) == accepted
     assert accepted - load["requests"] <= CONNECTIONS
     assert scalar(superuser_engine, "SELECT count(*) FROM dead_letters") == 0
-    # Stable: the second half's p99 within twice the first's, plus scheduling noise. Each half
-    # is the median of its windows: drift raises every later window, while one stall of the
-    # machine (a second-long pause in commits, seen in CI) raises only the window it falls in.
-    first, second = figures["p99_first_half_median_ms"], figures["p99_second_half_median_ms"]
+    # Stable: the second half's p99 level within twice the first's, plus scheduling noise.
+    first, second = figures["p99_first_half_level_ms"], figures["p99_second_half_level_ms"]
     assert second <= 2 * first + 25, f"p99 drifted: per window {p99s}"
     for name in rss_start:
         assert rss_end[name] <= rss_start[name] * 1.2 + 10, f"{name} memory grew"
