@@ -187,11 +187,22 @@ def parse_time(name: str, value: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _text(name: str, value: object, choices: tuple[str, ...] | None = None) -> str | None:
-    if value in (None, ""):
+MAX_TEXT_FILTER = 320  # an e-mail address's longest
+
+
+def text_filter(name: str, value: object, choices: tuple[str, ...] | None = None) -> str | None:
+    """A text filter, stripped; None for nothing; ValueError naming `name` for a value no row
+    could hold (not text, too long, a NUL — which PostgreSQL refuses outright) or a choice
+    not offered."""
+    if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"'{name}' must be a string")
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > MAX_TEXT_FILTER or "\x00" in value:
+        raise ValueError(f"'{name}' is too long or holds a NUL character")
     if choices is not None and value not in choices:
         raise ValueError(f"'{name}' must be one of {', '.join(choices)}")
     return value
@@ -208,12 +219,12 @@ def filters_from(
         raise ValueError("'limit' must be a whole number") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"'limit' must be between 1 and {MAX_LIMIT}")
-    status = _text("status", params.get("status"), (*DEAD_LETTER_STATUSES, ANY_STATUS))
+    status = text_filter("status", params.get("status"), (*DEAD_LETTER_STATUSES, ANY_STATUS))
     if status is None:
         status = default_status
     return dead_letters.Filters(
-        provider=_text("provider", params.get("provider")),
-        reason=_text("reason", params.get("reason")),
+        provider=text_filter("provider", params.get("provider")),
+        reason=text_filter("reason", params.get("reason")),
         status=None if status == ANY_STATUS else status,
         since=parse_time("since", params.get("since")),
         until=parse_time("until", params.get("until")),

@@ -22,7 +22,7 @@ from starlette.templating import Jinja2Templates
 
 from common import overview
 from common.providers import PROVIDERS
-from common.replay import ANY_STATUS, filters_from, parse_time
+from common.replay import ANY_STATUS, filters_from, parse_time, text_filter
 from common.settings import Settings
 from db import audit, console, dead_letters
 from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
@@ -156,14 +156,10 @@ async def overview_page(request: Request, session: Session) -> Response:
 def _text(
     params: Mapping[str, str], name: str, choices: tuple[str, ...] | None = None
 ) -> str | None:
-    value = params.get(name, "").strip()
-    if not value:
-        return None
-    if len(value) > 320 or "\x00" in value:
-        raise BadInput(f"'{name}' is too long or holds a NUL character")
-    if choices is not None and value not in choices:
-        raise BadInput(f"'{name}' must be one of {', '.join(choices)}")
-    return value
+    try:
+        return text_filter(name, params.get(name), choices)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def _time(params: Mapping[str, str], name: str) -> datetime | None:

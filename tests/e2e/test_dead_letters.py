@@ -375,6 +375,9 @@ def test_crm_dlq_exit_codes(stack: str, stack_env: dict[str, str]) -> None:
     assert crm_dlq(stack_env, "replay", "999999").returncode == 1
     assert crm_dlq(stack_env, "replay").returncode == 2
     assert crm_dlq(stack_env, "list", "--since", "yesterday").returncode == 2
+    too_long = crm_dlq(stack_env, "list", "--reason", "r" * 321)
+    assert too_long.returncode == 2
+    assert "'reason' is too long" in too_long.stderr
     assert crm_dlq(stack_env, "frobnicate").returncode == 2
     assert crm_dlq(stack_env, "--help").returncode == 0
 

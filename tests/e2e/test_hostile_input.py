@@ -331,10 +331,11 @@ def test_every_operation_answers_as_its_openapi_description_says(
     [
         {"provider": "instantly\u0000"},
         {"reason": "\u0000"},
+        {"reason": "r" * 321},
         {"since": "2026-01-01T00:00:00+23:59"},  # RFC 3339, but beyond PostgreSQL's ±15:59
         {"until": "0001-01-01T00:00:00-20:00"},
     ],
-    ids=["nul-provider", "nul-reason", "since-offset", "until-offset"],
+    ids=["nul-provider", "nul-reason", "long-reason", "since-offset", "until-offset"],
 )
 def test_admin_filters_the_database_cannot_take_are_400(
     stack: str, admin_token: str, filters: dict[str, str]
