@@ -136,12 +136,16 @@ class Replayer:
         summary: Summary,
         *,
         filters: dead_letters.Filters | None = None,
+        stopped_of: int | None = None,
     ) -> None:
         """Record what was done, by whom (admin_actions). A record that cannot be written is
-        logged, not raised: the action itself has happened."""
+        logged, not raised: the action itself has happened. `stopped_of`: the action was
+        stopped after `ids`, of this many matched."""
         outcome = "ok" if not summary.failed and not summary.skipped else "partial"
         if ids and summary.failed == len(ids):
             outcome = "failed"
+        if stopped_of is not None:
+            outcome = "stopped"
         try:
             with self._engine.begin() as conn:
                 audit.record(
@@ -156,6 +160,7 @@ class Replayer:
                     skipped=summary.skipped,
                     failed=summary.failed,
                     outcome=outcome,
+                    matched=stopped_of,
                 )
         except SQLAlchemyError as exc:
             logger.error(

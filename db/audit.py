@@ -22,6 +22,7 @@ def record(
     skipped: int,
     failed: int,
     outcome: str,
+    matched: int | None = None,
 ) -> int:
     return int(
         conn.execute(
@@ -33,7 +34,7 @@ def record(
                 action=action,
                 dead_letter_ids=dead_letter_ids,
                 filters=filters,
-                matched=len(dead_letter_ids),
+                matched=len(dead_letter_ids) if matched is None else matched,
                 replayed=replayed,
                 skipped=skipped,
                 failed=failed,

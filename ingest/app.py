@@ -322,6 +322,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await asyncio.to_thread(console.dispose, app)  # before the replayer it uses closes
             await app.state.body_deadlines.stop()
             watching.cancel()
             # Bounded: under uvloop, a watch cancelled while startup fails can take for ever.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,6 +34,11 @@ class _Secured:
             await send(message)
 
         await self.app(scope, receive, sending)
+
+
+def dispose(app: Starlette) -> None:
+    """At shutdown: replay-all jobs stop after the dead letter in hand and say so."""
+    actions.stop_jobs(app)
 
 
 routes = [

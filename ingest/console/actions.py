@@ -2,21 +2,25 @@
 that match a filter — a dry run first, then a confirmation that names the number, then a job
 that replays every match (not only the page shown) while its page shows the progress. Each
 action is recorded in admin_actions. The job's progress lives in Redis, so any receiver
-process can show it; a second run matches nothing the first replayed (their status changed),
-and the worker's durable guard would make a repeat harmless anyway."""
+process can show it; a job stopped by its receiver's shutdown records what it did and says
+where it stopped (ReplayJobs). A second run matches nothing the first replayed (their status
+changed), and the worker's durable guard would make a repeat harmless anyway."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -41,6 +45,9 @@ action = guarded(admin=True, csrf=True, failure=failure)
 _JOB_PREFIX = "crm:console:job:"
 _JOB_TTL_SECONDS = 24 * 3600
 _PROGRESS_EVERY = 25  # rows between two progress writes
+# A running job writes its progress every _PROGRESS_EVERY replays and at least every 5 s;
+# nothing for this long means the process running it is gone.
+_STALE_SECONDS = 120
 
 
 def _actor(session: Session) -> Actor:
@@ -53,30 +60,26 @@ def _back(letter_id: int, done: str) -> Response:
 
 @action
 async def replay_one(request: Request, session: Session) -> Response:
-    letter_id = dead_letter_id_of(request)
-    if letter_id is None:
-        return failure(request, 404, "No such dead letter", session)
-    worker = replayer(request.app)
-    outcome = await run_in_threadpool(worker.replay_one, letter_id)
-    if outcome.status == "skipped" and not await _exists(request, letter_id):
-        return failure(request, 404, "No such dead letter", session)
-    summary = Summary.of([outcome])
-    await run_in_threadpool(worker.audit, _actor(session), "replay", [letter_id], summary)
-    return _back(letter_id, outcome.status)
+    return await _act_on_one(request, session, "replay", Replayer.replay_one)
 
 
 @action
 async def discard_one(request: Request, session: Session) -> Response:
+    return await _act_on_one(request, session, "discard", Replayer.discard)
+
+
+async def _act_on_one(
+    request: Request, session: Session, name: str, act: Callable[[Replayer, int], Outcome]
+) -> Response:
     letter_id = dead_letter_id_of(request)
     if letter_id is None:
         return failure(request, 404, "No such dead letter", session)
     worker = replayer(request.app)
-    outcome = await run_in_threadpool(worker.discard, letter_id)
+    outcome = await run_in_threadpool(act, worker, letter_id)
     if outcome.status == "skipped" and not await _exists(request, letter_id):
         return failure(request, 404, "No such dead letter", session)
-    await run_in_threadpool(
-        worker.audit, _actor(session), "discard", [letter_id], Summary.of([outcome])
-    )
+    summary = Summary.of([outcome])
+    await run_in_threadpool(worker.audit, _actor(session), name, [letter_id], summary)
     return _back(letter_id, outcome.status)
 
 
@@ -115,59 +118,116 @@ async def replay_matching(request: Request, session: Session) -> Response:
     settings: Settings = request.app.state.settings
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     _save(client, job)
-    threading.Thread(
-        target=_run_job,
-        args=(replayer(request.app), client, job, ids, filters, _actor(session)),
-        name=f"console-replay-{job.id}",
-        daemon=True,
-    ).start()
+    run = _JobRun(replayer(request.app), client, job, ids, filters, _actor(session))
+    _jobs(request.app).start(run.replay, name=f"console-replay-{job.id}")
     return RedirectResponse(f"/console/jobs/{job.id}", status_code=303)
 
 
 @dataclass
 class _Job:
+    """A replay-all job as its page shows it (kept in Redis, so any receiver can show it)."""
+
     id: str
     total: int
     done: int = 0
     replayed: int = 0
     skipped: int = 0
     failed: int = 0
-    finished: bool = False
+    state: str = "running"  # running | finished | stopped (its receiver shut down)
+    updated_at: float = field(default_factory=time.time)
     failures: list[dict[str, object]] = field(default_factory=list)
 
 
 def _save(client: redis.Redis, job: _Job) -> None:
+    job.updated_at = time.time()
     client.set(_JOB_PREFIX + job.id, json.dumps(asdict(job)), ex=_JOB_TTL_SECONDS)
-
-
-def _run_job(
-    worker: Replayer,
-    client: redis.Redis,
-    job: _Job,
-    ids: list[int],
-    filters: dead_letters.Filters,
-    actor: Actor,
-) -> None:
-    def progress(position: int, outcome: Outcome) -> None:
-        job.done = position
-        setattr(job, outcome.status, getattr(job, outcome.status) + 1)
-        if outcome.status == "failed":
-            job.failures.append({"id": outcome.dead_letter_id, "reason": outcome.detail})
-        if position % _PROGRESS_EVERY == 0:
-            _save_quietly(client, job)
-
-    try:
-        summary = worker.replay_many(ids, progress)
-        worker.audit(actor, "replay_matching", ids, summary, filters=filters)
-    finally:
-        job.finished = True
-        _save_quietly(client, job)
-        client.close()
 
 
 def _save_quietly(client: redis.Redis, job: _Job) -> None:
     with contextlib.suppress(RedisError):  # the page then shows older progress; it goes on
         _save(client, job)
+
+
+class ReplayJobs:
+    """The replay-all jobs this receiver process runs, each in a thread of its own. When the
+    receiver shuts down (a deploy, crm-run's Ctrl-C) each stops after the dead letter in hand,
+    records in admin_actions what it did, and its page says where it stopped; what it did not
+    reach is still open, so "replay all that match" again goes on from there."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def start(self, run: Callable[[threading.Event], None], *, name: str) -> None:
+        def main() -> None:
+            try:
+                run(self._stopping)
+            finally:
+                with self._lock:
+                    self._threads.discard(thread)
+
+        thread = threading.Thread(target=main, name=name, daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            running = list(self._threads)
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _jobs(app: Starlette) -> ReplayJobs:
+    jobs: ReplayJobs | None = getattr(app.state, "console_jobs", None)
+    if jobs is None:
+        jobs = app.state.console_jobs = ReplayJobs()
+    return jobs
+
+
+def stop_jobs(app: Starlette, timeout: float = 10.0) -> None:
+    jobs: ReplayJobs | None = getattr(app.state, "console_jobs", None)
+    if jobs is not None:
+        jobs.stop(timeout)
+
+
+@dataclass
+class _JobRun:
+    worker: Replayer
+    client: redis.Redis
+    job: _Job
+    ids: list[int]
+    filters: dead_letters.Filters
+    actor: Actor
+
+    def replay(self, stopping: threading.Event) -> None:
+        job, outcomes = self.job, []
+        try:
+            for dead_letter_id in self.ids:
+                if stopping.is_set():
+                    job.state = "stopped"
+                    break
+                outcome = self.worker.replay_one(dead_letter_id)
+                outcomes.append(outcome)
+                job.done = len(outcomes)
+                setattr(job, outcome.status, getattr(job, outcome.status) + 1)
+                if outcome.status == "failed":
+                    job.failures.append({"id": dead_letter_id, "reason": outcome.detail})
+                if job.done % _PROGRESS_EVERY == 0 or time.time() - job.updated_at > 5:
+                    _save_quietly(self.client, job)
+            self.worker.audit(
+                self.actor, "replay_matching", self.ids[: job.done], Summary.of(outcomes),
+                filters=self.filters,
+                stopped_of=len(self.ids) if job.state == "stopped" else None,
+            )  # fmt: skip
+        finally:
+            if job.state == "running":
+                job.state = "finished"
+            _save_quietly(self.client, job)
+            self.client.close()
 
 
 @page
@@ -178,9 +238,16 @@ async def job_page(request: Request, session: Session) -> Response:
     if raw is None:
         return failure(request, 404, "No such replay (they are kept for a day)", session)
     job: dict[str, Any] = json.loads(raw)
+    # A record written before jobs had a state (kept a day) says only whether it finished.
+    job.setdefault("state", "finished" if job.get("finished") else "running")
+    if (
+        job["state"] == "running"
+        and time.time() - job.get("updated_at", time.time()) > _STALE_SECONDS
+    ):
+        job["state"] = "lost"  # its receiver was killed outright: nothing can say more
     return render(
         request, "job.html", session, "Replay all that match", job=job,
-        refresh=None if job["finished"] else 1,
+        refresh=1 if job["state"] == "running" else None,
     )  # fmt: skip
 
 

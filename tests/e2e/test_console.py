@@ -4,19 +4,21 @@ payloads shown as text, bad input as pages, and no token or session id in any lo
 from __future__ import annotations
 
 import html
+import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from common.settings import Settings
 from common.tokens import issue_token
 from tests.e2e.console_helpers import csrf_of, dead_letters_of, leads, link, signed_in
-from tests.e2e.stack import ROOT, Process, scalar, wait_processed
+from tests.e2e.stack import ROOT, IsolatedStack, Process, scalar, wait_processed
 from tests.payloads import encode, reply, signed_headers
 
 pytestmark = pytest.mark.e2e
@@ -203,3 +205,49 @@ def test_sign_out_ends_the_session_for_good(stack: str, settings: Settings) -> N
         assert out.status_code == 303
         again = httpx.get(f"{stack}/console", cookies={"crm_console": session_id})
         assert again.status_code == 401
+
+
+def test_a_replay_all_stopped_by_a_shutdown_says_where_and_is_audited(
+    isolated: IsolatedStack, stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    """A deploy restarts the receiver mid-job: the job stops after the dead letter in hand,
+    the audit says what it did, the rest stay open, and the job's page says so. A receiver
+    killed outright cannot say anything: its job's page says it was lost, once it is stale."""
+    total = 1500
+    letters = dead_letters_of(stack, superuser_engine, leads(total, "deploy"))
+    receiver, url = isolated.receiver()
+    with signed_in(url, settings) as admin:
+        listing = admin.get("/console/dead-letters?reason=config_error").text
+        form = {"csrf": csrf_of(listing), "reason": "config_error", "status": "open"}
+        started = admin.post(
+            "/console/dead-letters/replay", data=form | {"step": "run", "expected": str(total)}
+        )
+        assert started.status_code == 303, started.text
+        job_path = started.headers["location"]
+    receiver.stop()  # SIGTERM, as a deploy or crm-run's Ctrl-C sends it
+    assert "Application shutdown complete." in receiver.output()
+    assert "Traceback" not in receiver.output()
+
+    replayed = scalar(
+        superuser_engine,
+        "SELECT count(*) FROM dead_letters WHERE id = ANY(:ids) AND status = 'replayed'",
+        ids=letters,
+    )
+    assert 0 < replayed < total, "the job was not stopped mid-way; give it more dead letters"
+    with superuser_engine.connect() as conn:
+        [audit] = conn.execute(text("SELECT * FROM admin_actions")).mappings().all()
+    assert audit["action"] == "replay_matching"
+    assert (audit["outcome"], audit["matched"], audit["replayed"]) == ("stopped", total, replayed)
+    assert len(audit["dead_letter_ids"]) == replayed
+
+    _, again = isolated.receiver()  # any receiver shows the job: its record is in Redis
+    with signed_in(again, settings) as admin:
+        shown = admin.get(job_path).text
+        assert f"Stopped after {replayed} of {total}" in shown
+        assert 'http-equiv="refresh"' not in shown
+
+        key = f"crm:console:job:{job_path.rsplit('/', 1)[1]}"
+        job = json.loads(isolated.client.get(key) or "{}")
+        job |= {"state": "running", "updated_at": time.time() - 600}  # as a killed one leaves it
+        isolated.client.set(key, json.dumps(job))
+        assert f"Lost after about {replayed} of {total}" in admin.get(job_path).text
