@@ -1,8 +1,10 @@
-"""common.queue.take against a Redis that refuses writes: a popped task is never dropped."""
+"""common.queue.take: a popped task is never dropped — not by a Redis that refuses writes, not by
+a taker that dies right after the pop."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,19 +14,27 @@ import redis
 
 from common import queue
 from common.queue import QUEUE_NAME, message
+from tests.e2e.proxy import TcpProxy
 from tests.e2e.stack import reply_envelope
+from tests.helpers import wait_for
 from tests.payloads import reply
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 
 @pytest.fixture
-def full_redis(tmp_path: Path) -> Iterator[redis.Redis]:
-    server = RedisServer(tmp_path, "--appendonly", "no", "--maxmemory-policy", "noeviction")
-    server.start()
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    private = RedisServer(tmp_path, "--appendonly", "no", "--maxmemory-policy", "noeviction")
+    private.start()
+    yield private
+    private.stop()
+
+
+@pytest.fixture
+def full_redis(server: RedisServer) -> Iterator[redis.Redis]:
+    """A Redis of the test's own, which the test fills by lowering its maxmemory."""
     client = redis.Redis.from_url(server.url)
     yield client
     client.close()
-    server.stop()
 
 
 def test_tasks_popped_while_redis_refuses_writes_are_returned_not_lost(
@@ -35,7 +45,7 @@ def test_tasks_popped_while_redis_refuses_writes_are_returned_not_lost(
         queue.enqueue(full_redis, envelope, grace_seconds=300)
     full_redis.config_set("maxmemory", "1mb")  # far below what it uses: every write refused
 
-    taken = queue.take(full_redis, 10, hold_seconds=30)
+    taken = queue.take(full_redis, 10, hold_seconds=30, grace_seconds=300)
 
     assert sorted(task.task_id for task in taken) == sorted(e.event_id for e in envelopes)
     assert full_redis.llen(QUEUE_NAME) == 0
@@ -52,10 +62,67 @@ def test_a_popped_message_not_for_the_batch_goes_back_once_redis_takes_writes(
     timer = threading.Timer(1.0, lambda: full_redis.config_set("maxmemory", 0))
     timer.start()
     try:
-        assert queue.take(full_redis, 10, hold_seconds=30) == []
+        assert queue.take(full_redis, 10, hold_seconds=30, grace_seconds=300) == []
     finally:
         timer.join()
     [raw] = full_redis.lrange(QUEUE_NAME, 0, -1)
     back = message.read(raw)
     assert back.task_id == later.event_id
     assert back.eta is not None and back.eta > datetime.now(UTC) + timedelta(minutes=50)
+
+
+def test_events_popped_by_a_taker_that_never_saw_them_come_back_after_the_lease(
+    server: RedisServer,
+) -> None:
+    """Found by killing a worker's pool mid-burst: a process gone right after its batch left
+    the list (the pop answered, nothing after it done) left 19 events off the list and due
+    only a visibility timeout after they were queued — an hour. Here the answer to the pop is
+    lost on the way, as to a process killed at that moment (redis-py then pops again and
+    finds nothing): the events must be leased all the same, and come back after the lease."""
+    client = redis.Redis.from_url(server.url)
+    envelopes = [reply_envelope(reply(f"cut{i}@take.example.com")) for i in range(5)]
+    for envelope in envelopes:
+        queue.enqueue(client, envelope, grace_seconds=3600)
+    proxy = TcpProxy(free_port(), ("127.0.0.1", server.port), cut_reply_to=QUEUE_NAME.encode())
+    proxy.open()
+    taker = redis.Redis(port=proxy.port, socket_timeout=5)
+    try:
+        assert queue.take(taker, 10, hold_seconds=1, grace_seconds=3600) == []
+        assert proxy.replies_cut == 1
+        assert client.llen(QUEUE_NAME) == 0, "the pop did not happen"
+        swept: list[int] = []
+
+        def came_back() -> bool:
+            swept.append(queue.sweep(client, grace_seconds=3600))
+            return sum(swept) == len(envelopes)
+
+        wait_for(came_back, timeout=10, message="the popped events did not come back: no lease")
+        back = {message.read(raw).task_id for raw in client.lrange(QUEUE_NAME, 0, -1)}
+        assert back == {envelope.event_id for envelope in envelopes}
+    finally:
+        taker.close()
+        proxy.close()
+        client.close()
+
+
+def test_a_message_given_back_is_due_as_if_just_queued_not_leased(server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url)
+    ready = reply_envelope(reply("ready@take.example.com"))
+    queue.enqueue(client, ready, grace_seconds=3600)
+    later = reply_envelope(reply("later@take.example.com"))
+    queue.requeue(
+        client, queue.QueuedTask(later.event_id, later.to_dict()), retries=1, countdown=600,
+        grace_seconds=3600,
+    )  # fmt: skip
+    try:
+        before = time.time()
+        [taken] = queue.take(client, 10, hold_seconds=30, grace_seconds=300)
+        assert taken.task_id == ready.event_id
+        due = dict(client.zrange(queue.DUE_KEY, 0, -1, withscores=True))
+        assert before + 30 <= due[ready.event_id.encode()] <= time.time() + 30
+        assert before + 300 <= due[later.event_id.encode()] <= time.time() + 300
+        assert [message.read(raw).task_id for raw in client.lrange(QUEUE_NAME, 0, -1)] == [
+            later.event_id
+        ]
+    finally:
+        client.close()

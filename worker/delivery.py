@@ -217,10 +217,12 @@ def _count(parsed: Envelope, outcome: Outcome) -> dict[str, Any]:
 
 def _take_more() -> list[QueuedTask]:
     try:
+        settings = get_settings()
         return queue.take(
             resources.broker(),
-            get_settings().worker_batch_size - 1,
+            settings.worker_batch_size - 1,
             hold_seconds=BATCH_LEASE_SECONDS,
+            grace_seconds=settings.broker_visibility_timeout,
         )
     except RedisError as exc:
         logger.warning("could not take queued events: %s", type(exc).__name__)

@@ -10,10 +10,11 @@ A message's life, from the receiver's 202 to the worker's commit:
    Concurrent deliveries share one Redis round trip (`pipelined.PipelinedScript`). A replay
    (`enqueue`) queues and records a stored envelope the same way, without a key.
 3. Taken. Celery's consumer pops one message for a task; under a backlog that task also takes
-   up to `WORKER_BATCH_SIZE` - 1 more straight off the list (`take`), holding them for a short
-   lease that it renews while it works (`hold`): if its process dies, they are due again
-   within a minute. (Celery's pop and its unacked mark are two commands, and a batch is not
-   in Celery's unacked store at all: the in-flight record covers both.)
+   up to `WORKER_BATCH_SIZE` - 1 more straight off the list (`take`), popped and held for a
+   short lease in one script, and renews the lease while it works (`hold`): if its process
+   dies, they are due again within a minute. (Celery's pop and its unacked mark are two
+   commands, and a batch is not in Celery's unacked store at all: the in-flight record covers
+   both.)
 4. Begun. Right before a process applies an event it counts the start (`begin`); the count
    goes when the attempt ends in any handled way. A count left over therefore means a process
    died holding the event (`unfinished`), which the delivery policy limits.
@@ -140,6 +141,25 @@ class Claimer:
         return None if claimed is None else _text(claimed)
 
 
+# KEYS: queue, due times. ARGV: most to pop, the lease's end (Unix seconds). The pop and the
+# lease in one step: a process killed between the two would leave the popped events due
+# only a visibility timeout after they were queued (an hour by default), off the list.
+# `#!lua` makes Redis refuse the whole script while it is out of memory, before it pops
+# anything (a script refused half-way would lose what it popped); `take` then pops plainly.
+_TAKE = """#!lua
+local popped = redis.call('RPOP', KEYS[1], ARGV[1])
+if not popped then return {} end
+for _, raw in ipairs(popped) do
+  local ok, message = pcall(cjson.decode, raw)
+  if ok and type(message) == 'table' and type(message.headers) == 'table'
+      and type(message.headers.id) == 'string' then
+    redis.call('ZADD', KEYS[2], 'XX', ARGV[2], message.headers.id)
+  end
+end
+return popped
+"""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -170,17 +190,29 @@ def requeue(
     _queue_and_record(client, raw, task.task_id, time.time() + countdown + grace_seconds)
 
 
-def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTask]:
+def take(
+    client: redis.Redis, limit: int, *, hold_seconds: int, grace_seconds: int
+) -> list[QueuedTask]:
     """Up to `limit` more queued tasks, oldest first, straight off the list, held for
-    `hold_seconds`. What is not for a batch now (another task, a retry whose countdown still
-    runs, an unreadable message) goes back to the consuming end at once, for Celery. A popped
-    task is never dropped: a Redis refusing writes costs the lease, not the task."""
+    `hold_seconds` from the moment they leave it. What is not for a batch now (another task,
+    a retry whose countdown still runs, an unreadable message) goes back to the consuming end
+    at once, for Celery, due again `grace_seconds` later. A popped task is never dropped: a
+    Redis refusing writes costs the lease, not the task."""
     if limit < 1:
         return []
-    popped: list[bytes] = client.rpop(QUEUE_NAME, limit) or []  # type: ignore[assignment]
+    try:
+        popped: list[bytes] = client.register_script(_TAKE)(
+            keys=[QUEUE_NAME, DUE_KEY], args=[limit, time.time() + hold_seconds]
+        )
+    except redis.exceptions.OutOfMemoryError:
+        # Refused before it ran. Popping frees memory, so a plain RPOP is still allowed;
+        # the lease is not, and the tasks are ours all the same: unheld, each is due again
+        # when its record says (a visibility timeout after it was queued), as before it.
+        popped = client.rpop(QUEUE_NAME, limit) or []  # type: ignore[assignment]
     now = datetime.now(UTC)
     taken: list[QueuedTask] = []
     others: list[bytes] = []
+    due_again: list[str] = []
     for raw in popped:
         try:
             task = message.read(raw)
@@ -189,14 +221,14 @@ def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTa
             continue
         if task.task_name != TASK_NAME or (task.eta is not None and task.eta > now):
             others.append(raw)
+            due_again.append(task.task_id)
         else:
             taken.append(task)
     if others:
         _give_back(client, others)
-    # A full Redis refuses the lease; the tasks are ours all the same. Unheld, a task is due
-    # again when its record says (a visibility timeout after it was queued), as before it.
-    with contextlib.suppress(redis.RedisError):
-        hold(client, [task.task_id for task in taken], seconds=hold_seconds)
+    if due_again:  # back on the list, no longer leased: due as if just queued
+        with contextlib.suppress(redis.RedisError):
+            client.zadd(DUE_KEY, dict.fromkeys(due_again, time.time() + grace_seconds), xx=True)
     return taken
 
 
