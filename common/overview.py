@@ -5,13 +5,12 @@ dependency says why, so the rest still shows."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, text
@@ -43,16 +42,31 @@ class Overview:
 def dependencies(redis_urls: dict[str, str], engine: Engine) -> dict[str, str]:
     """Each dependency's state: "ok" or the error it gave (never a URL or a secret).
     `redis_urls`: name -> URL (REDIS_URL and, when it differs, the broker's)."""
+    with _clients(redis_urls) as clients:
+        return _states(clients, engine)
+
+
+@contextmanager
+def _clients(redis_urls: dict[str, str]) -> Iterator[dict[str, redis.Redis]]:
+    clients = {
+        name: redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        for name, url in redis_urls.items()
+    }
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _states(clients: dict[str, redis.Redis], engine: Engine) -> dict[str, str]:
     states: dict[str, str] = {}
-    for name, url in redis_urls.items():
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    for name, client in clients.items():
         try:
             client.ping()
             states[name] = "ok"
         except RedisError as exc:
             states[name] = f"{type(exc).__name__}: {exc}"
-        finally:
-            client.close()
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -75,22 +89,20 @@ def take(
 ) -> Overview:
     """The overview now. `workers`: how to ask which workers answer (a broadcast ping; None
     from it: not known yet)."""
-    overview = Overview(dependencies=dependencies(redis_urls(redis_url, broker_url), engine))
-    broker = "broker" if "broker" in overview.dependencies else "redis"
-    if overview.dependencies[broker] == "ok":
-        client = redis.Redis.from_url(broker_url, socket_timeout=5)
-        try:
-            depth = asyncio.run(_depth(broker_url))
-            overview.queue_depth = depth.waiting
-            overview.oldest_queued_seconds = round(depth.oldest_age_seconds, 1)
-            flight = queue.in_flight(client)
-            overview.in_flight, overview.overdue = flight.count, flight.overdue
-        except RedisError as exc:
-            overview.dependencies[broker] = f"{type(exc).__name__}: {exc}"
-        finally:
-            client.close()
-        if workers is not None:
-            overview.workers = workers()
+    with _clients(redis_urls(redis_url, broker_url)) as clients:
+        overview = Overview(dependencies=_states(clients, engine))
+        broker = "broker" if "broker" in clients else "redis"
+        if overview.dependencies[broker] == "ok":
+            try:
+                depth = queue.depth_now(clients[broker])
+                overview.queue_depth = depth.waiting
+                overview.oldest_queued_seconds = round(depth.oldest_age_seconds, 1)
+                flight = queue.in_flight(clients[broker])
+                overview.in_flight, overview.overdue = flight.count, flight.overdue
+            except RedisError as exc:
+                overview.dependencies[broker] = f"{type(exc).__name__}: {exc}"
+            if workers is not None:
+                overview.workers = workers()
     if overview.dependencies["postgresql"] == "ok":
         try:
             with engine.connect() as conn:
@@ -112,11 +124,3 @@ def ping_workers(broker_url: str, timeout: float) -> list[str]:
     finally:
         app.close()
     return sorted(name for reply in replies for name in reply)
-
-
-async def _depth(broker_url: str) -> queue.QueueDepth:
-    client = aioredis.Redis.from_url(broker_url, socket_timeout=5)
-    try:
-        return await queue.depth(client)
-    finally:
-        await client.aclose()

@@ -37,6 +37,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -335,10 +336,20 @@ class QueueDepth:
 
 async def depth(client: aioredis.Redis) -> QueueDepth:
     pipe = client.pipeline(transaction=False)
-    pipe.llen(QUEUE_NAME)
-    pipe.hlen(UNACKED_KEY)
-    pipe.lindex(QUEUE_NAME, -1)
-    waiting, unacked, oldest = await pipe.execute()
+    return _depth(await _ask_depth(pipe).execute())
+
+
+def depth_now(client: redis.Redis) -> QueueDepth:
+    """`depth`, for a caller without an event loop (crm-status, a console page's thread)."""
+    return _depth(_ask_depth(client.pipeline(transaction=False)).execute())
+
+
+def _ask_depth(pipe: Any) -> Any:  # a pipeline, blocking or asyncio: the same three commands
+    return pipe.llen(QUEUE_NAME).hlen(UNACKED_KEY).lindex(QUEUE_NAME, -1)
+
+
+def _depth(replies: list[Any]) -> QueueDepth:
+    waiting, unacked, oldest = replies
     return QueueDepth(int(waiting), int(unacked), _age(oldest))
 
 
