@@ -234,6 +234,12 @@ def test_a_replay_all_stopped_by_a_shutdown_says_where_and_is_audited(
         ids=letters,
     )
     assert 0 < replayed < total, "the job was not stopped mid-way; give it more dead letters"
+    still_open = scalar(
+        superuser_engine,
+        "SELECT count(*) FROM dead_letters WHERE id = ANY(:ids) AND status = 'open'",
+        ids=letters,
+    )
+    assert still_open == total - replayed
     with superuser_engine.connect() as conn:
         [audit] = conn.execute(text("SELECT * FROM admin_actions")).mappings().all()
     assert audit["action"] == "replay_matching"
