@@ -322,11 +322,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            app.state.backpressure.stop()
             await asyncio.to_thread(console.dispose, app)  # before the replayer it uses closes
             await app.state.body_deadlines.stop()
             watching.cancel()
-            # Bounded: under uvloop, a watch cancelled while startup fails can take for ever.
-            await asyncio.wait([watching], timeout=1)
+            await asyncio.wait([watching], timeout=1)  # a Redis call in progress may hang
             for each in app.state.ready_clients.values():
                 await each.aclose()
             admin.dispose(app)

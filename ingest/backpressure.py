@@ -6,6 +6,7 @@ twice a second, not once per delivery."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import redis.asyncio as aioredis
@@ -24,10 +25,11 @@ class Backpressure:
         self._watermark = watermark
         self._max_depth = max_depth
         self.reason: str | None = None  # why deliveries are refused now; None: they are not
+        self._stopped = asyncio.Event()
 
     async def watch(self) -> None:
-        """Measure until cancelled."""
-        while True:
+        """Measure until stopped."""
+        while not self._stopped.is_set():
             try:
                 reason = await self._measure()
             except RedisError:
@@ -37,7 +39,13 @@ class Backpressure:
                     "deliveries %s", f"refused: {reason}" if reason else "accepted again"
                 )
             self.reason = reason
-            await asyncio.sleep(self.INTERVAL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self.INTERVAL_SECONDS)
+
+    def stop(self) -> None:
+        # Not only a cancel: one that lands inside a redis-py call can be lost (seen at a
+        # start-up that failed: the call returned, the loop went round, shutdown hung).
+        self._stopped.set()
 
     async def _measure(self) -> str | None:
         memory = await self._client.info("memory")

@@ -99,8 +99,10 @@ def test_a_receiver_that_cannot_start_stops_everything_with_one_line(
         taken.bind(("127.0.0.1", int(run_env["INGEST_PORT"])))
         taken.listen()
         run = Run(run_env, tmp_path / "crm-run.log")
-        code = run.popen.wait(timeout=60)
-        run.stop()
+        try:
+            code = run.popen.wait(timeout=60)
+        finally:
+            run.stop()  # a hung crm-run must not outlive the test
     assert code == 1
     stops = [line for line in run.output().splitlines() if "failed to start" in line]
     assert stops == ["crm-run: receiver failed to start (exit code 3); stopping"]
