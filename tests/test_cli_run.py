@@ -1,12 +1,27 @@
-"""crm-run's start-up lines: what a developer needs, and in production never a secret."""
+"""crm-run's start-up lines: what a developer needs, in production never a secret, and a
+Redis that answered with an error told apart from one that is not there."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
 
-from cli.run import main, welcome
+import pytest
+import redis
+
+from cli.run import check_redis, main, welcome
 from common.settings import load_settings
+from tests.redis_server import RedisServer, free_port
 from tests.test_settings import PRODUCTION
+
+
+@pytest.fixture(scope="module")
+def guarded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    with redis.Redis.from_url(server.url) as client:
+        client.config_set("requirepass", "right-password")
+    yield server
+    server.stop()
 
 
 def test_production_start_up_names_the_secrets_but_shows_none() -> None:
@@ -32,3 +47,40 @@ def test_workers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--workers", "0"])
     assert exited.value.code == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_a_database_index_out_of_range_is_reported_in_redis_words(
+    guarded_redis: RedisServer,
+) -> None:
+    url = f"redis://:right-password@127.0.0.1:{guarded_redis.port}/99"
+    line = check_redis(load_settings({"REDIS_URL": url}))
+    assert (
+        line
+        == f"Redis at 127.0.0.1:{guarded_redis.port} (REDIS_URL) answered: DB index is out of range"
+    )
+
+
+def test_a_wrong_password_is_reported_in_redis_words(guarded_redis: RedisServer) -> None:
+    url = f"redis://:wrong-password@127.0.0.1:{guarded_redis.port}/0"
+    line = check_redis(load_settings({"REDIS_URL": url}))
+    assert line is not None
+    assert line.startswith(f"Redis at 127.0.0.1:{guarded_redis.port} (REDIS_URL) answered: ")
+    assert "wrong-password" not in line
+    assert "redis-server" not in line  # no start-up hint for a server that runs
+
+
+def test_a_redis_that_is_not_there_gets_the_start_up_hint() -> None:
+    port = free_port()
+    line = check_redis(load_settings({"REDIS_URL": f"redis://127.0.0.1:{port}/0"}))
+    assert line is not None
+    assert line.startswith(f"Redis is not answering at 127.0.0.1:{port} (REDIS_URL). Start it")
+
+
+def test_a_broker_url_of_its_own_is_checked_and_named(guarded_redis: RedisServer) -> None:
+    good = f"redis://:right-password@127.0.0.1:{guarded_redis.port}/0"
+    broker = f"redis://:right-password@127.0.0.1:{guarded_redis.port}/99"
+    settings = load_settings({"REDIS_URL": good, "CELERY_BROKER_URL": broker})
+    assert check_redis(settings) == (
+        f"Redis at 127.0.0.1:{guarded_redis.port} (CELERY_BROKER_URL) answered: "
+        "DB index is out of range"
+    )
