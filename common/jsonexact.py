@@ -30,9 +30,32 @@ def loads(data: bytes) -> Any:
     if not _has_long_number(data):
         return orjson.loads(data)
     try:
-        return json.loads(data.decode(), parse_constant=_no_constants)
+        value = json.loads(data.decode(), parse_constant=_no_constants)
     except RecursionError:
         raise ValueError("nested deeper than the parser allows") from None
+    if _has_lone_surrogate(value):
+        # orjson refuses `"\ud800"`; the standard library takes it, and it then fails every
+        # encode on its way to Redis and PostgreSQL.
+        raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    pending = [value]  # a loop: the parser accepted whatever depth recursion allowed
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def dumps(value: Any) -> bytes:
