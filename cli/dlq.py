@@ -1,4 +1,4 @@
-"""`crm-dlq`: list, inspect, replay and discard dead letters.
+"""`crm-dlq`: list, inspect, replay and discard dead letters; rescue parked events.
 
 Exit codes: 0 all went well, 1 something failed or was not found, 2 bad usage.
 """
@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
 
     discard = commands.add_parser("discard", help="take dead letters off the open list")
     discard.add_argument("ids", type=int, nargs="+", metavar="ID")
+
+    commands.add_parser(
+        "rescue",
+        help="move events parked in Redis (PostgreSQL refused even their dead letter) into "
+        "the dead-letter store",
+    )
     return parser
 
 
@@ -169,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         replayer = Replayer(engine, client, settings.broker_visibility_timeout)
         actor = Actor(args.actor, "operator", "cli")
+        if args.command == "rescue":
+            moved, left = replayer.rescue()
+            print(f"moved {moved} parked event(s) into the dead-letter store; {left} left parked")
+            return 1 if left else 0
         if args.command == "discard":
             outcomes = [replayer.discard(dead_letter_id) for dead_letter_id in args.ids]
             missing = [o.dead_letter_id for o in outcomes if o.status == "skipped"]

@@ -1,9 +1,10 @@
 """`crm-status`: is the pipeline keeping up? Queue depth, age of the oldest queued event,
 events in flight and overdue, open dead letters by reason, events finished in the last five
-minutes, the workers that answer a ping, and each dependency's state.
+minutes, events parked in Redis, the workers that answer a ping, and each dependency's state.
 
 Exit 0 when all is well; 1 when no worker answers, the oldest queued event is older than
---max-age, or Redis or PostgreSQL is down — so it can serve as a cron check; 2 on bad usage."""
+--max-age, an event is parked, or Redis or PostgreSQL is down — so it can serve as a cron
+check; 2 on bad usage."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def problems(snapshot: overview.Overview, max_age: float) -> list[str]:
     found = [f"{name}: {state}" for name, state in snapshot.dependencies.items() if state != "ok"]
     if snapshot.workers is not None and not snapshot.workers:
         found.append("no worker answered a ping")
+    if snapshot.parked:
+        found.append(f"{snapshot.parked} event(s) parked in Redis: run crm-dlq rescue")
     oldest = snapshot.oldest_queued_seconds
     if oldest is not None and oldest > max_age:
         found.append(f"the oldest queued event waits {oldest:.0f} s (over --max-age {max_age:g})")
@@ -43,6 +46,7 @@ def render(snapshot: overview.Overview, found: list[str]) -> str:
             if letters is None
             else ", ".join(f"{reason} {count}" for reason, count in letters.items()) or "none open"
         ),
+        f"parked           {shown(snapshot.parked)}",
         f"finished (5 min) {shown(snapshot.processed_last_5m)}",
         f"workers          {', '.join(snapshot.workers or []) or 'none answered'}",
         "dependencies     "
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="crm-status",
         description="Queue, in-flight events, dead letters, workers and dependencies at a "
         "glance. Exit 0 when all is well, 1 when not (no worker, the oldest queued event "
-        "older than --max-age, Redis or PostgreSQL down), 2 on bad usage.",
+        "older than --max-age, an event parked, Redis or PostgreSQL down), 2 on bad usage.",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per check")
     parser.add_argument(

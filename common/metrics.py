@@ -61,6 +61,11 @@ DEAD_LETTERS = Counter(
     "Events written to the dead-letter store, by reason.",
     ["provider", "reason"],
 )
+PARKED = Counter(
+    "crm_events_parked_total",
+    "Events PostgreSQL refused to store even as a minimal dead letter, parked in Redis.",
+    ["provider", "event_type"],
+)
 PROCESSING_SECONDS = Histogram(
     "crm_event_processing_latency_seconds",
     "From the receiver's receipt of an event to the commit of its effects.",
@@ -68,6 +73,12 @@ PROCESSING_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
 
+BATCH_FALLBACKS = Counter(
+    "crm_batch_fallbacks_total",
+    "Batches that failed as a whole and were applied one event at a time, by cause "
+    "(deadlock, serialization_failure, lock_timeout, or the error's class).",
+    ["cause"],
+)
 BATCH_EVENTS = Histogram(
     "crm_event_batch_size",
     "Events a worker committed in one transaction (more than one only under a backlog).",

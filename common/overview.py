@@ -29,6 +29,8 @@ class Overview:
     oldest_queued_seconds: float | None = None
     in_flight: int | None = None
     overdue: int | None = None
+    # Events PostgreSQL refused even a minimal dead letter for, held in Redis (crm-dlq rescue).
+    parked: int | None = None
     dead_letters_open: dict[str, int] | None = None
     processed_last_5m: int | None = None
     workers: list[str] | None = None  # None: not asked
@@ -99,6 +101,7 @@ def take(
                 overview.oldest_queued_seconds = round(depth.oldest_age_seconds, 1)
                 flight = queue.in_flight(clients[broker])
                 overview.in_flight, overview.overdue = flight.count, flight.overdue
+                overview.parked = queue.parked_count(clients[broker])
             except RedisError as exc:
                 overview.dependencies[broker] = f"{type(exc).__name__}: {exc}"
             if workers is not None:

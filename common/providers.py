@@ -42,6 +42,39 @@ PROVIDERS: dict[str, Provider] = {provider.name: provider for provider in (INSTA
 INSTANTLY_CAMPAIGN_FIELDS = ("campaign", "campaign_id")
 
 
+# What the receiver refuses before it queues anything, because PostgreSQL could not index it
+# (a B-tree row holds at most 2,704 bytes) or a log line should not carry it.
+MAX_LEAD_EMAIL_LENGTH = 320  # RFC 5321's limit on a forward path
+MAX_EVENT_TYPE_LENGTH = 200
+# Where a stored payload's lead e-mail is, for every sender alike: db.tables.LEAD_EMAIL_SQL
+# indexes the text at these very paths (a non-string value as its JSON text).
+LEAD_EMAIL_PATHS: tuple[tuple[str | int, ...], ...] = (
+    ("lead_email",),
+    ("email",),
+    ("payload", "attendees", 0, "email"),
+)
+
+
+def value_at(payload: dict[str, Any], path: tuple[str | int, ...]) -> object:
+    """The value at `path` (keys and list positions), or None where there is none."""
+    value: object = payload
+    for step in path:
+        if isinstance(step, int):
+            value = value[step] if isinstance(value, list) and len(value) > step else None
+        else:
+            value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def lead_email(payload: dict[str, Any]) -> str | None:
+    """The lead's e-mail in a payload, lower-cased, if one of LEAD_EMAIL_PATHS holds text."""
+    for path in LEAD_EMAIL_PATHS:
+        value = value_at(payload, path)
+        if isinstance(value, str) and value.strip():
+            return value.strip().lower()
+    return None
+
+
 def metric_labels(provider: str, event_type: str) -> tuple[str, str]:
     """(provider, event_type) label values, undocumented ones folded."""
     known = PROVIDERS.get(provider)

@@ -74,11 +74,15 @@ class Replayer:
             with self._engine.begin() as conn:
                 if dry_run:
                     row = dead_letters.get_dead_letter(conn, dead_letter_id=dead_letter_id)
-                    stored = row["envelope"] if row and row["status"] != "discarded" else None
+                    stored = row["envelope"] if row and row["status"] == "open" else None
                 else:
                     stored = dead_letters.claim_for_replay(conn, dead_letter_id=dead_letter_id)
                 if stored is None:
-                    return Outcome(dead_letter_id, "skipped", "no such dead letter, or discarded")
+                    return Outcome(
+                        dead_letter_id,
+                        "skipped",
+                        "no such dead letter, or not open (replayed or discarded already)",
+                    )
                 envelope = Envelope.from_dict(stored)
                 if dry_run:
                     queue.message.build(envelope)  # what would be queued: it must be buildable
@@ -116,6 +120,31 @@ class Replayer:
             if progress is not None:
                 progress(position, outcome)
         return Summary.of(outcomes)
+
+    def rescue(self) -> tuple[int, int]:
+        """Move the events parked in Redis (PostgreSQL refused even their dead letter) into the
+        dead-letter store: (moved, left parked). Each leaves Redis only once its row is
+        committed; one PostgreSQL still refuses stays parked."""
+        moved = left = 0
+        for event_id, parked in queue.parked(self._client).items():
+            try:
+                dead_letters.write(
+                    self._engine,
+                    task_id=event_id,
+                    envelope=parked.get("envelope"),
+                    reason=str(parked.get("reason") or "retries_exhausted"),
+                    error_class="Parked",
+                    error_message=str(parked.get("error") or ""),
+                    trace=None,
+                    attempts=int(parked.get("attempts") or 1),
+                )
+            except SQLAlchemyError as exc:
+                logger.error("parked event %s not stored: %s", event_id, type(exc).__name__)
+                left += 1
+                continue
+            queue.unpark(self._client, event_id)
+            moved += 1
+        return moved, left
 
     def discard(self, dead_letter_id: int) -> Outcome:
         """Take one dead letter off the open list; the row stays, for the record."""

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from sqlalchemy import Connection, Select, func, select, update
+from sqlalchemy import Connection, Engine, Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
 
+from common.envelope import Envelope, EnvelopeError, describe
+from db.engine import is_transient
 from db.tables import DEAD_LETTER_LEAD_EMAIL, FINAL_EVENT_STATUSES, dead_letters, webhook_events
+
+logger = logging.getLogger("crm.worker")
+
+# What of a sender's value a minimal dead letter keeps in a listed column.
+_MINIMAL_TEXT = 200
 
 _SUMMARY = (
     dead_letters.c.id,
@@ -121,6 +132,167 @@ def mark_event_dead(
     )
 
 
+def write(
+    engine: Engine,
+    *,
+    task_id: str,
+    envelope: Any,
+    reason: str,
+    error_class: str,
+    error_message: str,
+    trace: str | None,
+    attempts: int,
+) -> tuple[int, str]:
+    """Write an event's dead letter, whatever its envelope holds; its id and reason. When
+    PostgreSQL refuses the full row for good (a value an index or a column cannot take), a
+    minimal one is written instead, as `unstorable`. A transient failure is raised."""
+    try:
+        return _write_full(
+            engine,
+            task_id=task_id,
+            envelope=envelope,
+            reason=reason,
+            error_class=error_class,
+            error_message=error_message,
+            trace=trace,
+            attempts=attempts,
+        ), reason
+    except SQLAlchemyError as refused:
+        if is_transient(refused):
+            raise
+        logger.error(
+            "event %s: PostgreSQL refused its dead letter (%s); storing a minimal one",
+            task_id, type(refused).__name__,
+        )  # fmt: skip
+        why = str(getattr(refused, "orig", None) or refused).strip()
+        error = f"{reason}: {error_message}; the full row was refused: {why}"
+    minimal = _write_minimal(
+        engine,
+        task_id=task_id,
+        envelope=envelope,
+        error_class=error_class,
+        error_message=error,
+        attempts=attempts,
+    )
+    return minimal, "unstorable"
+
+
+def _write_full(
+    engine: Engine,
+    *,
+    task_id: str,
+    envelope: Any,
+    reason: str,
+    error_class: str,
+    error_message: str,
+    trace: str | None,
+    attempts: int,
+) -> int:
+    data = envelope if isinstance(envelope, dict) else {"raw": envelope}
+    parsed = _parsed(data)
+    fields = describe(data)
+    event_id = _event_id(parsed, task_id)
+    with engine.begin() as conn:
+        dead_letter_id = record(
+            conn,
+            event_id=event_id,
+            provider=fields["provider"] or "unknown",
+            event_type=fields["event_type"] or "unknown",
+            envelope=data,
+            reason=reason,
+            error_class=error_class,
+            error_message=error_message[:4000],
+            traceback=trace[-20000:] if trace else None,
+            attempts=attempts,
+        )
+        if parsed is not None:
+            mark_event_dead(
+                conn,
+                event_id=event_id,
+                provider=parsed.provider,
+                event_type=parsed.event_type,
+                idempotency_key=parsed.idempotency_key,
+                payload=parsed.payload,
+                received_at=datetime.fromisoformat(parsed.received_at),
+                attempts=attempts,
+                error=f"{reason}: {error_message}"[:4000],
+            )
+    return dead_letter_id
+
+
+def _write_minimal(
+    engine: Engine,
+    *,
+    task_id: str,
+    envelope: Any,
+    error_class: str,
+    error_message: str,
+    attempts: int,
+) -> int:
+    """Nothing in it an index or a text column could refuse: the envelope as ASCII JSON text
+    inside an object (no payload path there to index), each value from the sender escaped to
+    printable ASCII and cut. The event row says `dead` too, when even a minimal one fits."""
+    parsed = _parsed(envelope)
+    fields = describe(envelope)
+    event_id = _event_id(parsed, task_id)
+    provider = _ascii(fields["provider"] or "unknown", _MINIMAL_TEXT)
+    event_type = _ascii(fields["event_type"] or "unknown", _MINIMAL_TEXT)
+    error = _ascii(error_message, 4000)
+    with engine.begin() as conn:
+        dead_letter_id = record(
+            conn,
+            event_id=event_id,
+            provider=provider,
+            event_type=event_type,
+            envelope={"unstorable": json.dumps(envelope, ensure_ascii=True, default=str)},
+            reason="unstorable",
+            error_class=_ascii(error_class, _MINIMAL_TEXT),
+            error_message=error,
+            traceback=None,
+            attempts=attempts,
+        )
+        if parsed is not None:
+            try:
+                with conn.begin_nested():
+                    mark_event_dead(
+                        conn,
+                        event_id=event_id,
+                        provider=provider,
+                        event_type=event_type,
+                        idempotency_key=_ascii(parsed.idempotency_key, 255),
+                        payload={},
+                        received_at=datetime.fromisoformat(parsed.received_at),
+                        attempts=attempts,
+                        error=error,
+                    )
+            except SQLAlchemyError as exc:
+                logger.error("event %s: no event row either (%s)", task_id, type(exc).__name__)
+    return dead_letter_id
+
+
+def _parsed(data: Any) -> Envelope | None:
+    try:
+        return Envelope.from_dict(data)
+    except EnvelopeError:
+        return None
+
+
+def _ascii(value: str, limit: int) -> str:
+    """`value` as printable ASCII (anything else escaped), at most `limit` characters."""
+    escaped = value.encode("ascii", "backslashreplace").decode()
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)[:limit]
+
+
+def _event_id(parsed: Envelope | None, task_id: str) -> UUID:
+    """The event's id: its envelope's, else its task's (the same, when the receiver built it)."""
+    for candidate in (parsed.event_id if parsed else "", task_id):
+        try:
+            return UUID(candidate)
+        except ValueError:
+            continue
+    return uuid.uuid4()
+
+
 QueryT = TypeVar("QueryT", bound="Select[*tuple[Any, ...]]")
 
 
@@ -172,12 +344,14 @@ def matching_ids(conn: Connection, filters: Filters) -> list[int]:
 
 
 def claim_for_replay(conn: Connection, *, dead_letter_id: int) -> dict[str, Any] | None:
-    """Mark one dead letter replayed and return its envelope; None if it does not exist or was
-    discarded. The row stays locked until the caller commits, after queueing the envelope, so a
-    worker that fails the replay again reopens the row only after this mark."""
+    """Mark one open dead letter replayed and return its envelope; None if it does not exist or
+    is not open (discarded, or replayed already: of concurrent replays exactly one wins, since
+    a second UPDATE waits for the first's commit and then finds the row no longer open). The
+    row stays locked until the caller commits, after queueing the envelope, so a worker that
+    fails the replay again reopens the row only after this mark."""
     row = conn.execute(
         update(dead_letters)
-        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.status != "discarded")
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.status == "open")
         .values(
             status="replayed",
             replay_count=dead_letters.c.replay_count + 1,

@@ -104,6 +104,11 @@ async def show_dead_letter(request: Request) -> Response:
     return JSONResponse(row)
 
 
+def _exists(app: Any, dead_letter_id: int) -> bool:
+    with engine(app).connect() as conn:
+        return dead_letters.get_dead_letter(conn, dead_letter_id=dead_letter_id) is not None
+
+
 @requires_role("admin")
 async def replay_dead_letter(request: Request) -> Response:
     dead_letter_id = dead_letter_id_of(request)
@@ -114,7 +119,13 @@ async def replay_dead_letter(request: Request) -> Response:
     summary = Summary.of([outcome])
     await run_in_threadpool(worker.audit, _actor(request), "replay", [dead_letter_id], summary)
     if outcome.status == "skipped":
-        return error(404, "Unknown or discarded dead letter")
+        try:
+            exists = await run_in_threadpool(_exists, request.app, dead_letter_id)
+        except SQLAlchemyError:
+            return error(503, "Database unavailable, retry later")
+        if exists:
+            return error(409, "Dead letter is not open: replayed or discarded already")
+        return error(404, "Unknown dead letter")
     if outcome.status == "failed" and not outcome.retryable:
         return error(422, f"Replay impossible: {outcome.detail}")
     if outcome.status == "failed":

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,11 +24,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common import jsonexact, overview
+from common import jsonexact, overview, queue
 from common import metrics as common_metrics
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
-from common.providers import PROVIDERS
+from common.providers import (
+    LEAD_EMAIL_PATHS,
+    MAX_EVENT_TYPE_LENGTH,
+    MAX_LEAD_EMAIL_LENGTH,
+    PROVIDERS,
+    Provider,
+    value_at,
+)
 from common.queue import Claimer
 from common.queue.durability import warn_if_not_durable
 from common.settings import Settings, SettingsError, load_settings
@@ -106,6 +114,27 @@ def _unstorable(payload: object, body: bytes) -> str | None:
     return "Body is nested too deeply" if too_deep else None
 
 
+def _path_name(path: tuple[str | int, ...]) -> str:
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)[1:]
+
+
+def _too_long(payload: dict[str, Any], provider: Provider, event_type: str) -> str | None:
+    """Why a field the database indexes, or the event type, is too long to accept, if one is.
+    A non-string lead e-mail counts as the JSON text PostgreSQL would index."""
+    for path in LEAD_EMAIL_PATHS:
+        value = value_at(payload, path)
+        if value is None:
+            continue
+        length = len(value) if isinstance(value, str) else len(jsonexact.dumps(value))
+        if length > MAX_LEAD_EMAIL_LENGTH:
+            name = _path_name(path)
+            return f"Field '{name}' is longer than {MAX_LEAD_EMAIL_LENGTH} characters"
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH:
+        name = provider.event_type_field
+        return f"Field '{name}' is longer than {MAX_EVENT_TYPE_LENGTH} characters"
+    return None
+
+
 def _may_have_run(exc: RedisError) -> bool:
     """A timeout, or a connection lost once the script was sent: Redis may have run it and
     only the reply is missing. (No free connection in the pool: nothing was sent.)"""
@@ -177,6 +206,9 @@ async def receive_webhook(request: Request) -> Response:
     event_type = provider.event_type(payload)
     if event_type is None:
         return error(400, f"No event type: '{provider.event_type_field}' is missing or empty")
+    too_long = _too_long(payload, provider, event_type)
+    if too_long is not None:
+        return error(400, too_long)
     try:
         key = derive_key(provider.name, request.headers, payload)
     except InvalidIdempotencyKey as exc:
@@ -247,11 +279,17 @@ async def healthz_details(request: Request) -> Response:
         status.engine(request.app),
     )
     refused = request.app.state.backpressure.reason
+    try:
+        parked: int | None = await request.app.state.redis.hlen(queue.PARKED_KEY)
+    except RedisError:
+        parked = None
     return JSONResponse(
         {
             "status": "ok" if all(state == "ok" for state in states.values()) else "degraded",
             "dependencies": states,
             "deliveries": f"refused: {refused}" if refused else "accepted",
+            # Events PostgreSQL refused even a minimal dead letter for: crm-dlq rescue.
+            "parked": parked,
             # What a repeat gets, per provider: crm-smoke expects it.
             "duplicate_status": {name: settings.duplicate_status(name) for name in PROVIDERS},
         }

@@ -91,6 +91,10 @@ async def serve_metrics(request: Request) -> Response:
             "Age of the oldest waiting event.",
             depth.oldest_age_seconds,
         )
+        gauges["crm_events_parked"] = (
+            "Events parked in Redis because PostgreSQL refused their dead letter.",
+            await request.app.state.redis.hlen(queue.PARKED_KEY),
+        )
         memory = await request.app.state.redis.info("memory")
         gauges["crm_redis_used_memory_bytes"] = (
             "Memory the broker Redis uses.",

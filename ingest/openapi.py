@@ -231,7 +231,8 @@ _PATHS: dict[str, Any] = {
             "Put one dead letter's envelope back on the queue (admin)",
             {
                 "202": _reply("Queued again", "Replayed"),
-                "404": _reply("Unknown or discarded dead letter"),
+                "404": _reply("Unknown dead letter"),
+                "409": _reply("Not open: replayed (and not failed again) or discarded already"),
                 "422": _reply("The stored envelope cannot be queued; discard it"),
                 "503": _reply("Replay failed: database or queue unavailable, retry later"),
             },

@@ -110,10 +110,10 @@ def test_a_message_given_back_is_due_as_if_just_queued_not_leased(server: RedisS
     ready = reply_envelope(reply("ready@take.example.com"))
     queue.enqueue(client, ready, grace_seconds=3600)
     later = reply_envelope(reply("later@take.example.com"))
-    queue.requeue(
-        client, queue.QueuedTask(later.event_id, later.to_dict()), retries=1, countdown=600,
-        grace_seconds=3600,
-    )  # fmt: skip
+    task = queue.QueuedTask(later.event_id, later.to_dict())
+    queue.requeue(client, task, retries=1, countdown=0, grace_seconds=3600)
+    # A retry as Celery itself queues one (or a worker before retries waited in Redis): an ETA.
+    client.lset(QUEUE_NAME, 0, message.again(task, retries=1, countdown=600))
     try:
         before = time.time()
         [taken] = queue.take(client, 10, hold_seconds=30, grace_seconds=300)
@@ -124,5 +124,27 @@ def test_a_message_given_back_is_due_as_if_just_queued_not_leased(server: RedisS
         assert [message.read(raw).task_id for raw in client.lrange(QUEUE_NAME, 0, -1)] == [
             later.event_id
         ]
+    finally:
+        client.close()
+
+
+def test_a_retry_waits_in_redis_and_is_queued_when_due(server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url)
+    envelope = reply_envelope(reply("retry@take.example.com"))
+    task = queue.QueuedTask(envelope.event_id, envelope.to_dict())
+    try:
+        queue.requeue(client, task, retries=2, countdown=0.5, grace_seconds=3600)
+        assert client.llen(QUEUE_NAME) == 0, "a waiting retry must not be on the list"
+        assert queue.release(client, grace_seconds=3600) == 0, "released before it was due"
+        wait_for(
+            lambda: queue.release(client, grace_seconds=3600) == 1,
+            timeout=5,
+            message="the retry was not released once due",
+        )
+        [raw] = client.lrange(QUEUE_NAME, 0, -1)
+        queued = message.read(raw)
+        assert (queued.task_id, queued.retries, queued.eta) == (envelope.event_id, 2, None)
+        assert client.zcard(queue.SCHEDULED_KEY) == 0
+        assert client.zscore(queue.DUE_KEY, envelope.event_id) > time.time() + 3000
     finally:
         client.close()

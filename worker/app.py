@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import redis
@@ -31,6 +32,7 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
+from celery.worker import state as worker_state
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from common import metrics, queue
@@ -114,28 +116,59 @@ def _serve_metrics(**_: Any) -> None:
 
 
 _sweeper_stop = threading.Event()
+_RELEASE_INTERVAL = 1.0  # how late a retry may be queued after its countdown
+_RENEW_INTERVAL = BATCH_LEASE_SECONDS / 3
 
 
-def _sweep_forever() -> None:
-    """Queue again what a consumer lost (common.queue); runs in the worker's main process."""
+def _held_by_consumer() -> list[str]:
+    """The events this worker's consumer holds: received and waiting for a pool process, or
+    being applied by one."""
+    for _ in range(3):
+        try:  # the consumer changes these sets while we read them
+            held = [*worker_state.reserved_requests, *worker_state.active_requests]
+            return sorted({str(request.id) for request in held})
+        except RuntimeError:
+            continue
+    return []
+
+
+def _look_after_in_flight() -> None:
+    """The in-flight record's keeper, in the worker's main process (common.queue): queues the
+    retries that are due, renews the leases of what the consumer holds, and queues again
+    what a consumer lost."""
     settings = get_settings()
+    grace = settings.broker_visibility_timeout
     client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=10)
+    renewed = swept = time.monotonic()
+    failing = False
     try:
-        while not _sweeper_stop.wait(_sweep_interval()):
+        while not _sweeper_stop.wait(_RELEASE_INTERVAL):
+            now = time.monotonic()
             try:
-                swept = queue.sweep(client, grace_seconds=settings.broker_visibility_timeout)
+                queue.release(client, grace_seconds=grace)
+                if now - renewed >= _RENEW_INTERVAL:
+                    queue.hold(client, _held_by_consumer(), seconds=BATCH_LEASE_SECONDS)
+                    renewed = now
+                if now - swept >= _sweep_interval():
+                    swept = now
+                    lost = queue.sweep(client, grace_seconds=grace)
+                    if lost:
+                        logger.warning("in-flight sweep queued %d event(s) again", lost)
             except redis.RedisError as exc:
-                logger.warning("in-flight sweep failed: %s", type(exc).__name__)
+                if not failing:  # once per outage, not once a second
+                    logger.warning("in-flight upkeep paused: %s", type(exc).__name__)
+                failing = True
                 continue
-            if swept:
-                logger.warning("in-flight sweep queued %d event(s) again", swept)
+            if failing:
+                logger.warning("in-flight upkeep resumed")
+                failing = False
     finally:
         client.close()
 
 
 @worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
-    threading.Thread(target=_sweep_forever, name="inflight-sweeper", daemon=True).start()
+    threading.Thread(target=_look_after_in_flight, name="inflight-keeper", daemon=True).start()
 
 
 @worker_ready.connect

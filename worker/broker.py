@@ -13,6 +13,15 @@ So each of those writes is retried where it is made, with backoff, until Redis t
 the consumer pauses (one warning when it starts waiting, one line when it goes on), nothing
 popped is dropped and every ack lands. A shutdown asked for meanwhile ends the wait. The
 periodic restore of overdue messages is skipped while Redis refuses it; it runs again later.
+
+Two more things happen here because this is where Celery receives a message:
+- Its in-flight record is leased at once (common.queue.hold): should the consumer lose the
+  connection and the message with it, the sweep queues it again within about a minute, not
+  a visibility timeout (an hour) later. The worker renews the lease while it holds it.
+- When Redis crashes, closing the lost connection restores the unacknowledged messages and
+  kombu then needs a connection it no longer has (an AttributeError, not a connection error,
+  which Celery's consumer does not survive: the worker's main process exited). The restore
+  is skipped instead; the leases above bring those messages back.
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ from typing import Any, TypeVar
 
 from celery.worker import state as worker_state
 from kombu.transport import redis as kombu_redis
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+
+from common import queue
 
 logger = logging.getLogger("crm.worker")
 
@@ -63,6 +74,25 @@ def patiently(what: str, write: Callable[[], T]) -> T:
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         patiently("the consumer", lambda: super(QoS, self).append(message, delivery_tag))
+        event_id = message.headers.get("id") if isinstance(message.headers, dict) else None
+        if isinstance(event_id, str):
+            channel: Any = self.channel  # ours (below), typed as kombu's base channel
+            try:
+                with channel.conn_or_acquire() as client:
+                    queue.hold(client, [event_id], seconds=queue.LEASE_SECONDS)
+            except RedisError as exc:
+                # Held until its record is due (a visibility timeout): late, never lost.
+                logger.warning("received event not leased: %s", type(exc).__name__)
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        try:
+            return super().restore_unacked(client)
+        except (AttributeError, RedisError) as exc:
+            logger.warning(
+                "unacknowledged messages not restored on closing the broker connection (%s);"
+                " the in-flight sweep queues them again", type(exc).__name__,
+            )  # fmt: skip
+            return None
 
     def ack(self, delivery_tag: str) -> None:
         patiently("an acknowledgement", lambda: super(QoS, self).ack(delivery_tag))

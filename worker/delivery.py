@@ -12,8 +12,12 @@ again, forgotten — is common.queue's.)
 - After TASK_MAX_RETRIES retries the event is dead-lettered as `retries_exhausted`; permanent
   failures (`invalid_payload`, `config_error`, `unknown_provider`, `processing_error`) are
   dead-lettered at once.
-- An event leaves the queue's care only once its outcome is committed. If its dead letter
-  cannot be written (PostgreSQL down at that moment too), it is queued again as it was.
+- An event leaves the queue's care only once its outcome is committed. A dead letter can
+  always be written: if PostgreSQL refuses the full row for good (a value no index can take),
+  a minimal one is (`unstorable`: the envelope kept as text, nothing an index could refuse).
+  If even that cannot be written (PostgreSQL down at that moment too), the event is given
+  back as it was — counted, MAX_GIVEBACKS times at most, a growing wait apart — and then
+  parked in Redis (common.queue.park) for `crm-dlq rescue`. No path requeues uncounted.
 - An event whose process died while applying it (an OOM kill, a crash in a driver) is never
   batched again: it runs alone, and once processes have died TASK_MAX_WORKER_LOST times
   holding it, it is dead-lettered as `worker_lost` instead of killing the next one. Events
@@ -27,51 +31,36 @@ import logging
 import random
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from celery import Task
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from common import metrics, providers, queue
-from common.envelope import Envelope, EnvelopeError, describe
+from common.envelope import Envelope, describe
 from common.logging import set_event
 from common.metrics import metric_labels
+from common.providers import lead_email
 from common.queue import QueuedTask
 from common.settings import get_settings
 from db import dead_letters
+from db.engine import failure_cause, is_transient
 from worker import resources
 from worker.errors import PermanentError, WorkerLost
 from worker.processing import Outcome, parse_envelope, process_batch
 
 logger = logging.getLogger("crm.worker")
 
-# SQLSTATEs a later attempt can succeed after: connection exceptions (class 08), serialization
-# failure, deadlock, lock timeout, server shutting down or starting, too many connections.
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
 _DEAD_LETTER_WRITE_PAUSES = (1.0, 2.0, 4.0)
+MAX_GIVEBACKS = 5
+_GIVEBACK_WAIT_MAX = 60
 # How long a task holds the events it took, renewed before each step (common.queue.hold).
-BATCH_LEASE_SECONDS = 30
+BATCH_LEASE_SECONDS = queue.LEASE_SECONDS
 
 Ready = tuple[int, QueuedTask, Envelope]  # position in the batch, the task, its envelope
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, DisconnectionError):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    code = getattr(exc.orig, "pgcode", None)
-    if code is None:
-        # No SQLSTATE at all: the server never answered (refused, reset, timed out).
-        return True
-    return code in _TRANSIENT_SQLSTATES or code.startswith("08")
 
 
 def backoff_seconds(retries: int, cap: int) -> float:
@@ -116,22 +105,34 @@ def deliver_all(batch: list[QueuedTask], held: list[str]) -> list[dict[str, Any]
             results[index] = _dead_letter(task, lost, lost.reason, attempts=deaths)
             continue
         _renew(held)
-        _look_after(queue.begin, [task.task_id])
+        _begin([task.task_id])
         results[index] = _apply_alone(task, parsed)
     return results
 
 
+def _lock_order(entry: Ready) -> tuple[str, str]:
+    """Where an event's rows come in the one order every batch locks them: by the lead's
+    company domain, then e-mail (a company row before its contacts), so two batches never
+    wait for each other in a circle. Events of one lead keep their queue order (a stable
+    sort); events with no lead e-mail come last."""
+    email = lead_email(entry[2].payload) or "\uffff"
+    return email.rpartition("@")[2], email
+
+
 def _apply_together(ready: list[Ready], results: list[dict[str, Any]], held: list[str]) -> bool:
     _renew(held)
-    _look_after(queue.begin, [task.task_id for _, task, _ in ready])
+    ready = sorted(ready, key=_lock_order)
+    attempt = _begin([task.task_id for _, task, _ in ready])
     try:
         outcomes = process_batch(
             resources.engine(), [(parsed, task.retries + 1) for _, task, parsed in ready]
         )
     except Exception as exc:
         # Whatever failed, each event runs again on its own and meets the policy alone.
-        logger.info("batch of %d failed (%s); one by one", len(ready), type(exc).__name__)
-        _look_after(queue.end, [task.task_id for _, task, _ in ready])
+        cause = failure_cause(exc)
+        metrics.BATCH_FALLBACKS.labels(cause).inc()
+        logger.warning("batch of %d failed (%s); applying them one by one", len(ready), cause)
+        _look_after(queue.end, [task.task_id for _, task, _ in ready], attempt)
         return False
     metrics.BATCH_EVENTS.observe(len(ready))
     _forget(*(task.task_id for _, task, _ in ready))
@@ -173,36 +174,67 @@ def _dead_letter(
 ) -> dict[str, Any]:
     attempts = task.retries + 1 if attempts is None else attempts
     message = str(exc).strip() or type(exc).__name__
+    try:
+        dead_letter_id, reason = _store_dead_letter(
+            task,
+            reason=reason,
+            error_class=type(exc).__name__,
+            error_message=message,
+            trace="".join(traceback.format_exception(exc)),
+            attempts=attempts,
+        )
+    except SQLAlchemyError as write_error:
+        return _give_back(task, reason, f"{type(write_error).__name__}: {message}")
+    logger.error(
+        "event %s: dead-lettered as %s after %d attempt(s): %s",
+        task.task_id, reason, attempts, message,
+    )  # fmt: skip
+    _forget(task.task_id)
+    provider, event_type = metric_labels(task.envelope)
+    metrics.DEAD_LETTERS.labels(provider, reason).inc()
+    metrics.EVENTS.labels(provider, event_type, "dead_lettered").inc()
+    return {"dead_letter_id": dead_letter_id, "reason": reason}
+
+
+def _store_dead_letter(task: QueuedTask, **fields: Any) -> tuple[int, str]:
+    """The dead letter's id and reason (db.dead_letters.write), a transient failure tried
+    again after a pause, then raised."""
     for pause in (*_DEAD_LETTER_WRITE_PAUSES, None):
         try:
-            dead_letter_id = _write_dead_letter(
-                task,
-                reason=reason,
-                error_class=type(exc).__name__,
-                error_message=message,
-                trace="".join(traceback.format_exception(exc)),
-                attempts=attempts,
+            return dead_letters.write(
+                resources.engine(), task_id=task.task_id, envelope=task.envelope, **fields
             )
-        except SQLAlchemyError as write_error:
+        except SQLAlchemyError:
             if pause is None:
-                logger.error(
-                    "event %s: dead letter not written (%s); message goes back to the queue",
-                    task.task_id, type(write_error).__name__,
-                )  # fmt: skip
-                _queue_again(task, retries=task.retries, countdown=0)
-                return {"requeued": True}
+                raise
             time.sleep(pause)
-            continue
-        logger.error(
-            "event %s: dead-lettered as %s after %d attempt(s): %s",
-            task.task_id, reason, attempts, message,
-        )  # fmt: skip
-        _forget(task.task_id)
-        provider, event_type = metric_labels(task.envelope)
-        metrics.DEAD_LETTERS.labels(provider, reason).inc()
-        metrics.EVENTS.labels(provider, event_type, "dead_lettered").inc()
-        return {"dead_letter_id": dead_letter_id, "reason": reason}
     raise AssertionError("unreachable")
+
+
+def _give_back(task: QueuedTask, reason: str, error: str) -> dict[str, Any]:
+    """The dead letter could not be written at all: queue the event again as it was, a growing
+    wait later, MAX_GIVEBACKS times at most; then park it in Redis for `crm-dlq rescue`."""
+    try:
+        times = queue.gave_back(resources.broker(), task.task_id)
+        if times > MAX_GIVEBACKS:
+            queue.park(resources.broker(), task, reason=reason, error=error[:4000])
+            logger.error(
+                "event %s: dead letter not written %d times; parked in Redis for crm-dlq rescue",
+                task.task_id, times,
+            )  # fmt: skip
+            metrics.PARKED.labels(*metric_labels(task.envelope)).inc()
+            return {"parked": True}
+    except RedisError as exc:
+        # Its in-flight record still holds it: the sweep queues it again once it is due.
+        logger.warning("event %s not given back: %s", task.task_id, type(exc).__name__)
+        return {"requeued": False}
+    delay = backoff_seconds(times, _GIVEBACK_WAIT_MAX)
+    logger.error(
+        "event %s: dead letter not written (%s); given back (%d of %d), due in %.1fs",
+        task.task_id, error.split(":")[0], times, MAX_GIVEBACKS, delay,
+    )  # fmt: skip
+    _queue_again(task, retries=task.retries, countdown=delay)
+    return {"requeued": True}
 
 
 def _count(parsed: Envelope, outcome: Outcome) -> dict[str, Any]:
@@ -252,6 +284,15 @@ def _renew(held: list[str]) -> None:
     _look_after(queue.hold, held, seconds=BATCH_LEASE_SECONDS)
 
 
+def _begin(event_ids: list[str]) -> str:
+    """Record the attempt; a Redis error costs only this attempt's count, should it die."""
+    try:
+        return queue.begin(resources.broker(), event_ids)
+    except RedisError as exc:
+        logger.warning("in-flight record not updated: %s", type(exc).__name__)
+        return ""
+
+
 def _unfinished(event_ids: list[str]) -> dict[str, int]:
     try:
         return queue.unfinished(resources.broker(), event_ids)
@@ -266,57 +307,3 @@ def _look_after(action: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         action(resources.broker(), *args, **kwargs)
     except RedisError as exc:
         logger.warning("in-flight record not updated: %s", type(exc).__name__)
-
-
-def _write_dead_letter(
-    task: QueuedTask,
-    *,
-    reason: str,
-    error_class: str,
-    error_message: str,
-    trace: str,
-    attempts: int,
-) -> int:
-    data = task.envelope if isinstance(task.envelope, dict) else {"raw": task.envelope}
-    try:
-        parsed: Envelope | None = Envelope.from_dict(data)
-    except EnvelopeError:
-        parsed = None
-    fields = describe(data)
-    with resources.engine().begin() as conn:
-        event_id = _event_id(parsed, task.task_id)
-        dead_letter_id = dead_letters.record(
-            conn,
-            event_id=event_id,
-            provider=fields["provider"] or "unknown",
-            event_type=fields["event_type"] or "unknown",
-            envelope=data,
-            reason=reason,
-            error_class=error_class,
-            error_message=error_message[:4000],
-            traceback=trace[-20000:],
-            attempts=attempts,
-        )
-        if parsed is not None:
-            dead_letters.mark_event_dead(
-                conn,
-                event_id=event_id,
-                provider=parsed.provider,
-                event_type=parsed.event_type,
-                idempotency_key=parsed.idempotency_key,
-                payload=parsed.payload,
-                received_at=datetime.fromisoformat(parsed.received_at),
-                attempts=attempts,
-                error=f"{reason}: {error_message}"[:4000],
-            )
-    return dead_letter_id
-
-
-def _event_id(parsed: Envelope | None, task_id: str) -> UUID:
-    """The event's id: its envelope's, else its task's (the same, when the receiver built it)."""
-    for candidate in (parsed.event_id if parsed else "", task_id):
-        try:
-            return UUID(candidate)
-        except ValueError:
-            continue
-    return uuid.uuid4()

@@ -15,17 +15,24 @@ A message's life, from the receiver's 202 to the worker's commit:
    dies, they are due again within a minute. (Celery's pop and its unacked mark are two
    commands, and a batch is not in Celery's unacked store at all: the in-flight record covers
    both.)
-4. Begun. Right before a process applies an event it counts the start (`begin`); the count
-   goes when the attempt ends in any handled way. A count left over therefore means a process
-   died holding the event (`unfinished`), which the delivery policy limits.
+4. Begun. Right before a process applies an event it records the attempt, with the process
+   that holds it (`begin`); the record goes when the attempt ends in any handled way (`end`).
+   An attempt left over whose process is gone means that process died holding the event
+   (`unfinished`), which the delivery policy limits. Two copies of one event applied at once
+   (a sweep's copy, a replay) are two live attempts: neither counts as a death.
 5. Finished. Once the event's outcome (processed, ignored, dead letter) is committed the worker
    forgets it (`forget`); Celery acknowledges its own message when the task returns.
-6. Queued again (`requeue`): a transient failure is retried as a new message with one retry
-   more, due after a backoff; an event whose dead letter could not be written is given back
-   as it was. Either way the in-flight record then holds the new message.
+6. Queued again (`requeue`): a transient failure is retried with one retry more once a backoff
+   has passed. The wait is kept in Redis (`SCHEDULED_KEY`), not in a consumer's memory, and
+   `release` queues it when due. An event whose dead letter could not be written is given
+   back as it was — counted (`gave_back`): past a bound the policy parks it instead (`park`),
+   in a hash operators see and `crm-dlq rescue` empties into the dead-letter store.
 7. Swept. Every worker periodically queues again whatever is past due in the in-flight record
-   (`sweep`): a message whose holder died. A copy of an event that was in fact committed is
-   harmless: the worker's durable guard (the unique webhook_events row) makes it a no-op.
+   (`sweep`): a message whose holder died or lost it. What a consumer holds is leased, not
+   due an hour later: from the moment Celery receives it (worker.broker) and renewed while
+   the worker still has it (`hold`), so one dropped with a lost connection is back within
+   about a minute. A copy of an event that was in fact committed is harmless: the worker's
+   durable guard (the unique webhook_events row) makes it a no-op.
 
 The delivery policy — what is retried, when an event is dead-lettered — lives in
 worker/delivery.py; this package only moves messages.
@@ -34,7 +41,10 @@ worker/delivery.py; this package only moves messages.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +52,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from common import jsonexact
 from common.envelope import Envelope
 from common.queue import message
 from common.queue.message import QUEUE_NAME, TASK_NAME, QueuedTask
@@ -59,21 +70,37 @@ __all__ = [
     "end",
     "enqueue",
     "forget",
+    "gave_back",
     "hold",
     "in_flight",
     "message",
+    "park",
+    "parked",
+    "parked_count",
     "queued_envelope",
+    "release",
     "requeue",
     "sweep",
     "take",
     "unfinished",
+    "unpark",
 ]
 
 IDEMPOTENCY_PREFIX = "crm:idem:"
 INFLIGHT_KEY = "crm:inflight"  # event id -> the message that carries it
 DUE_KEY = "crm:inflight:due"  # event id -> when the sweep queues it again (Unix seconds)
-STARTS_KEY = "crm:inflight:starts"  # event id -> attempts begun and not (yet) ended
+SCHEDULED_KEY = "crm:inflight:scheduled"  # event id -> when its retry is queued (Unix seconds)
+GIVEBACKS_KEY = "crm:inflight:givebacks"  # event id -> times given back without an outcome
+ATTEMPTS_PREFIX = "crm:attempts:"  # + event id: attempt -> the process applying it
+ALIVE_PREFIX = "crm:alive:"  # + process: set while that process lives (other hosts' view)
+PARKED_KEY = "crm:parked"  # event id -> what PostgreSQL refused to store, for crm-dlq rescue
 UNACKED_KEY = "unacked"  # kombu's: messages Celery delivered and has not acknowledged
+# How long a process holds an event it has in hand before the sweep may queue it again;
+# renewed while it works. A lost event comes back within this and one sweep interval.
+LEASE_SECONDS = 30
+# How long a process counts as alive after it began an attempt, for other hosts (on its own
+# host a process is checked directly): longer than any one transaction takes.
+ALIVE_SECONDS = 300
 
 # KEYS: idempotency key, queue, in-flight messages, due times. ARGV: event id, message, key
 # ttl, grace. The first delivery's event id on a repeat; nothing when it claimed and queued.
@@ -170,7 +197,7 @@ def _queue_and_record(client: redis.Redis, raw: bytes, event_id: str, due: float
     pipe.lpush(QUEUE_NAME, raw)
     pipe.hset(INFLIGHT_KEY, event_id, raw)
     pipe.zadd(DUE_KEY, {event_id: due})
-    pipe.hdel(STARTS_KEY, event_id)  # an attempt that ended here did not die
+    pipe.delete(ATTEMPTS_PREFIX + event_id)  # an attempt that ended here did not die
     pipe.execute()
 
 
@@ -185,10 +212,82 @@ def requeue(
     client: redis.Redis, task: QueuedTask, *, retries: int, countdown: float, grace_seconds: int
 ) -> None:
     """Queue a task again — a retry or a give-back, whether Celery handed it over or the task
-    took it — and let its in-flight record hold the new message, due once the countdown and
-    a visibility timeout have passed."""
-    raw = message.again(task, retries=retries, countdown=countdown)
-    _queue_and_record(client, raw, task.task_id, time.time() + countdown + grace_seconds)
+    took it — and let its in-flight record hold the new message. With a countdown the message
+    waits in Redis and `release` queues it when due; no consumer holds it meanwhile."""
+    raw = message.again(task, retries=retries, countdown=0)
+    if countdown <= 0:
+        _queue_and_record(client, raw, task.task_id, time.time() + grace_seconds)
+        return
+    when = time.time() + countdown
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(INFLIGHT_KEY, task.task_id, raw)
+    pipe.zadd(SCHEDULED_KEY, {task.task_id: when})
+    pipe.zadd(DUE_KEY, {task.task_id: when + grace_seconds})
+    pipe.delete(ATTEMPTS_PREFIX + task.task_id)
+    pipe.execute()
+
+
+# KEYS: scheduled retries, in-flight messages, due times, queue. ARGV: now, grace, most to
+# queue. A retry goes to the consuming end, as Celery ran a retry once its countdown passed.
+_RELEASE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local queued = redis.call('HGET', KEYS[2], id)
+  if queued then
+    redis.call('RPUSH', KEYS[4], queued)
+    redis.call('ZADD', KEYS[3], ARGV[1] + ARGV[2], id)
+  end
+end
+return #ids
+"""
+
+
+def release(client: redis.Redis, *, grace_seconds: int, batch: int = 500) -> int:
+    """Queue the retries whose countdown has passed; how many."""
+    script = client.register_script(_RELEASE)
+    keys = [SCHEDULED_KEY, INFLIGHT_KEY, DUE_KEY, QUEUE_NAME]
+    return int(script(keys=keys, args=[time.time(), grace_seconds, batch]))
+
+
+def gave_back(client: redis.Redis, event_id: str) -> int:
+    """Count one more give-back of the event; how many it has had."""
+    return int(client.hincrby(GIVEBACKS_KEY, event_id, 1))
+
+
+def park(client: redis.Redis, task: QueuedTask, *, reason: str, error: str) -> None:
+    """Keep an event PostgreSQL refused to store even as a dead letter, out of the queue and
+    the in-flight record, where `crm-status`, the console and `crm-dlq rescue` find it."""
+    record = {
+        "envelope": task.envelope,
+        "reason": reason,
+        "error": error,
+        "attempts": task.retries + 1,
+        "parked_at": datetime.now(UTC).isoformat(),
+    }
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(PARKED_KEY, task.task_id, jsonexact.dumps(record))
+    _forget_in(pipe, [task.task_id])
+    pipe.execute()
+
+
+def parked(client: redis.Redis, limit: int = 1000) -> dict[str, dict[str, Any]]:
+    """Parked events by id (at most `limit`): each its envelope, reason, error, attempts."""
+    found: dict[str, dict[str, Any]] = {}
+    for event_id, raw in client.hscan_iter(PARKED_KEY, count=100):
+        found[_text(event_id)] = jsonexact.loads(raw)
+        if len(found) >= limit:
+            break
+    return found
+
+
+def parked_count(client: redis.Redis) -> int:
+    return int(client.hlen(PARKED_KEY))
+
+
+def unpark(client: redis.Redis, event_id: str) -> None:
+    """The parked event is in the dead-letter store now."""
+    client.hdel(PARKED_KEY, event_id)
 
 
 def take(
@@ -260,27 +359,77 @@ def hold(client: redis.Redis, event_ids: list[str], *, seconds: float) -> None:
         client.zadd(DUE_KEY, dict.fromkeys(event_ids, time.time() + seconds), xx=True)
 
 
+def holder() -> str:
+    """This process, as an attempt record names it: host, pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _is_alive(process: str, others: dict[str, bool]) -> bool:
+    host, _, pid = process.rpartition(":")
+    if host != socket.gethostname():
+        return others.get(process, False)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
 def unfinished(client: redis.Redis, event_ids: list[str]) -> dict[str, int]:
-    """For each event, the attempts begun that never ended: each one a process that died."""
+    """For each event, the attempts begun that never ended and whose process is gone: each one
+    a process that died holding it. An attempt still running elsewhere is not one."""
     if not event_ids:
         return {}
-    counts = client.hmget(STARTS_KEY, event_ids)
-    return {event_id: int(count or 0) for event_id, count in zip(event_ids, counts, strict=True)}
+    pipe = client.pipeline(transaction=False)
+    for event_id in event_ids:
+        pipe.hvals(ATTEMPTS_PREFIX + event_id)
+    holders = [[_text(value) for value in values] for values in pipe.execute()]
+    here = socket.gethostname()
+    remote = sorted({h for each in holders for h in each if h.rpartition(":")[0] != here})
+    others: dict[str, bool] = {}
+    if remote:
+        marks = client.mget([ALIVE_PREFIX + process for process in remote])
+        others = {process: mark is not None for process, mark in zip(remote, marks, strict=True)}
+    return {
+        event_id: sum(not _is_alive(process, others) for process in each)
+        for event_id, each in zip(event_ids, holders, strict=True)
+    }
 
 
-def begin(client: redis.Redis, event_ids: list[str]) -> None:
-    """These events are about to be applied by this process."""
+# An attempt record outlives no event by long: forget and requeue delete it, this bounds it.
+_ATTEMPTS_TTL_SECONDS = 7 * 24 * 3600
+
+
+def begin(client: redis.Redis, event_ids: list[str]) -> str:
+    """These events are about to be applied by this process: the attempt's id, for `end`."""
+    attempt = uuid.uuid4().hex
+    if event_ids:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(ALIVE_PREFIX + holder(), 1, ex=ALIVE_SECONDS)
+        for event_id in event_ids:
+            pipe.hset(ATTEMPTS_PREFIX + event_id, attempt, holder())
+            pipe.expire(ATTEMPTS_PREFIX + event_id, _ATTEMPTS_TTL_SECONDS)
+        pipe.execute()
+    return attempt
+
+
+def end(client: redis.Redis, event_ids: list[str], attempt: str) -> None:
+    """This attempt ended without an outcome (a batch that failed as a whole)."""
     if event_ids:
         pipe = client.pipeline(transaction=False)
         for event_id in event_ids:
-            pipe.hincrby(STARTS_KEY, event_id, 1)
+            pipe.hdel(ATTEMPTS_PREFIX + event_id, attempt)
         pipe.execute()
 
 
-def end(client: redis.Redis, event_ids: list[str]) -> None:
-    """These attempts ended without an outcome (a batch that failed as a whole)."""
-    if event_ids:
-        client.hdel(STARTS_KEY, *event_ids)
+def _forget_in(pipe: Any, event_ids: list[str]) -> None:
+    pipe.hdel(INFLIGHT_KEY, *event_ids)
+    pipe.zrem(DUE_KEY, *event_ids)
+    pipe.zrem(SCHEDULED_KEY, *event_ids)
+    pipe.hdel(GIVEBACKS_KEY, *event_ids)
+    pipe.delete(*(ATTEMPTS_PREFIX + event_id for event_id in event_ids))
 
 
 def forget(client: redis.Redis, *event_ids: str) -> None:
@@ -288,9 +437,7 @@ def forget(client: redis.Redis, *event_ids: str) -> None:
     time left without its message is dropped by the next sweep."""
     if event_ids:
         pipe = client.pipeline(transaction=False)
-        pipe.hdel(INFLIGHT_KEY, *event_ids)
-        pipe.zrem(DUE_KEY, *event_ids)
-        pipe.hdel(STARTS_KEY, *event_ids)
+        _forget_in(pipe, list(event_ids))
         pipe.execute()
 
 
