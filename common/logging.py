@@ -4,6 +4,11 @@ lines for a terminal (LOG_FORMAT=text).
 
 A line written while an event is being handled carries its `event_id`, `provider` and
 `event_type` (set with `set_event`). Payload bodies are never logged: handlers log ids.
+
+Whatever a sender chose can reach a line all the same (an event type, a header, an error that
+quotes a value), so every message and event field is made `printable` on its way out, in
+both formats: control characters shown as escapes, never written (no forged lines, no
+terminal escape sequences), and the whole cut to a bound.
 """
 
 from __future__ import annotations
@@ -19,6 +24,19 @@ _FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "kom
 
 
 _EVENT_KEYS = ("event_id", "provider", "event_type")
+MAX_MESSAGE = 2000  # characters of one message; a traceback comes after it, whole
+MAX_FIELD = 200  # characters of one event field
+
+
+def printable(value: object, limit: int = MAX_FIELD) -> str:
+    """`value` as text fit for one log line: each character that is not printable (newline,
+    ESC, a bidi override…) as its escape, and at most `limit` characters, marked where cut."""
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > limit:
+        text = f"{text[:limit]}…(cut, {len(text)} characters)"
+    return text
 
 
 class _EventFields(logging.Filter):
@@ -27,6 +45,9 @@ class _EventFields(logging.Filter):
             setattr(record, key, value)
         # uvicorn adds the message again with terminal colour codes for its own formatter.
         record.__dict__.pop("color_message", None)
+        message = record.getMessage()
+        if len(message) > MAX_MESSAGE or not message.isprintable():
+            record.msg, record.args = printable(message, MAX_MESSAGE), None
         return True
 
 
@@ -43,7 +64,13 @@ class _TextFormatter(logging.Formatter):
 
 
 def set_event(event_id: str, provider: str, event_type: str) -> None:
-    _EVENT.set({"event_id": event_id, "provider": provider, "event_type": event_type})
+    _EVENT.set(
+        {
+            "event_id": printable(event_id),
+            "provider": printable(provider),
+            "event_type": printable(event_type),
+        }
+    )
 
 
 def clear_event() -> None:

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from common import jsonexact, overview, queue
 from common import metrics as common_metrics
 from common.envelope import Envelope, new_event_id, utc_now_iso
-from common.logging import configure_logging
+from common.logging import configure_logging, printable
 from common.providers import (
     LEAD_EMAIL_PATHS,
     MAX_EVENT_TYPE_LENGTH,
@@ -158,6 +158,14 @@ def _fault(settings: Settings, point: str) -> None:
         os._exit(70)
 
 
+def peer(request: Request) -> str:
+    """Who sent a request, for a log line: the connection's address, and what an
+    X-Forwarded-For header claims, labelled as a claim (anyone can send one)."""
+    address = request.client.host if request.client else "unknown"
+    claimed = request.headers.get("x-forwarded-for")
+    return f"{address} (claims to forward for {printable(claimed, 100)})" if claimed else address
+
+
 def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == "application/json"
 
@@ -184,10 +192,9 @@ async def receive_webhook(request: Request) -> Response:
     refused = auth.refusal(provider.name, request.headers, body, settings)
     if refused is not None:
         if not settings.dev_signature_bypass:
-            client = request.client.host if request.client else "unknown"
             logger.warning(
                 "%s delivery from %s refused: %s",
-                provider.name, client, auth.DESCRIPTIONS[refused],
+                provider.name, peer(request), auth.DESCRIPTIONS[refused],
             )  # fmt: skip
             common_metrics.AUTH_REFUSALS.labels(provider.name, refused).inc()
             return error(401, "Missing or invalid signature")

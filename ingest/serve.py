@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         loop="uvloop",
         log_level=settings.log_level,
         access_log=False,
+        # The peer's own address, not one an X-Forwarded-For header claims: refusals are
+        # logged with it (and the claim, labelled as such).
+        proxy_headers=False,
         timeout_keep_alive=args.timeout_keep_alive,
     )
     return 0

@@ -17,6 +17,7 @@ from celery import Celery
 
 from common import jsonexact
 from common.envelope import Envelope, describe
+from common.logging import printable
 
 QUEUE_NAME = "webhooks"
 TASK_NAME = "crm.process_event"
@@ -73,7 +74,9 @@ def render(task: QueuedTask) -> bytes:
         "retries": task.retries,
         "eta": task.eta.isoformat() if task.eta else None,
         # Celery would repr() the whole payload here, and log it: what names it, no payload.
-        "argsrepr": f"[<envelope {task.task_id} {named['provider']}:{named['event_type']}>]",
+        "argsrepr": "[<envelope {} {}:{}>]".format(
+            *(printable(value) for value in (task.task_id, named["provider"], named["event_type"]))
+        ),
     }
     properties = template.properties | {
         "correlation_id": task.task_id,

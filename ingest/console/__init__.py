@@ -45,6 +45,7 @@ routes = [
     Route("/console", pages.overview_page, methods=["GET"]),
     Route("/console/sign-in", actions.sign_in, methods=["GET"]),
     Route("/console/sign-out", actions.sign_out, methods=["POST"]),
+    Route("/console/sign-out-everywhere", actions.sign_out_everywhere, methods=["POST"]),
     Route("/console/events", pages.events_page, methods=["GET"]),
     Route("/console/events/{event_id}", pages.event_page, methods=["GET"]),
     Route("/console/leads", pages.lead_page, methods=["GET"]),

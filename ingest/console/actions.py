@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ from ingest.console.pages import (
 )
 from ingest.console.session import Session, guarded
 
+logger = logging.getLogger("crm.console")
 action = guarded(admin=True, csrf=True, failure=failure)
 _JOB_PREFIX = "crm:console:job:"
 _JOB_TTL_SECONDS = 24 * 3600
@@ -265,6 +267,16 @@ async def sign_in(request: Request) -> Response:
         "minutes.", signed_out=True,
     )  # fmt: skip
     return sessions.secure(response)
+
+
+@action
+async def sign_out_everywhere(request: Request, session: Session) -> Response:
+    """End every console session, this one included (an admin's; the cookie goes too)."""
+    await sessions.revoke_all(request)
+    logger.warning("console: %s signed every session out", session.sub)
+    response = RedirectResponse("/console", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/console")
+    return response
 
 
 async def sign_out(request: Request) -> Response:

@@ -6,6 +6,10 @@ SameSite=Lax cookie (Secure in production), whose record lives in Redis under a 
 for CONSOLE_SESSION_HOURS. The 303 that sets it takes the token out of the address bar; the
 link's id is recorded so the link works once. Sign-out deletes the record.
 
+A session is bound to the JWT_SECRET that signed its link (a fingerprint of it in the record)
+and to the sessions' generation (`EPOCH_KEY`): rotating the secret ends every session, and
+so does `revoke_all` (`crm-console-link --revoke-all`, or an admin's "sign out everywhere").
+
 Every form carries the session's CSRF token; `page` and `action` check the session, the role
 and (for a POST) the token, and set the security headers on every answer.
 """
@@ -31,6 +35,7 @@ from common.tokens import TokenError, verify_link_token
 
 COOKIE = "crm_console"
 _SESSION_PREFIX = "crm:console:session:"
+EPOCH_KEY = "crm:console:epoch"  # raised by revoke_all: older sessions end
 _USED_LINK_PREFIX = "crm:console:link:"
 
 # No inline script or style, no framing, no referrer, nothing from another host.
@@ -72,15 +77,34 @@ def secure(response: Response) -> Response:
     return response
 
 
+def _secret_mark(settings: Settings) -> str:
+    """Names the secret without revealing it: a session of another secret does not match."""
+    key = settings.jwt_secret.get().encode()
+    return hmac.new(key, b"crm-console-session", hashlib.sha256).hexdigest()
+
+
+def _epoch(raw: bytes | str | None) -> int:
+    return int(raw or 0)
+
+
 async def current(request: Request) -> Session | None:
     session_id = request.cookies.get(COOKIE)
     if not session_id:
         return None
-    raw = await _client(request).get(_key(session_id))
+    raw, epoch = await _client(request).mget([_key(session_id), EPOCH_KEY])
     if raw is None:
         return None
     data = json.loads(raw)
+    settings: Settings = request.app.state.settings
+    bound = data.get("secret") == _secret_mark(settings) and data.get("epoch") == _epoch(epoch)
+    if not bound:  # signed with a secret since rotated, or revoked
+        return None
     return Session(data["sub"], data["role"], data["csrf"])
+
+
+async def revoke_all(request: Request) -> None:
+    """End every console session there is."""
+    await _client(request).incr(EPOCH_KEY)
 
 
 class LinkRefused(Exception):
@@ -100,7 +124,13 @@ async def sign_in(request: Request, token: str) -> Response:
     if not await client.set(_USED_LINK_PREFIX + link.link_id, "1", nx=True, ex=ttl):
         raise LinkRefused("link already used")
     session_id = secrets.token_urlsafe(32)
-    record = {"sub": link.sub, "role": link.role, "csrf": secrets.token_urlsafe(32)}
+    record = {
+        "sub": link.sub,
+        "role": link.role,
+        "csrf": secrets.token_urlsafe(32),
+        "secret": _secret_mark(settings),
+        "epoch": _epoch(await client.get(EPOCH_KEY)),
+    }
     lifetime = settings.console_session_hours * 3600
     await client.set(_key(session_id), json.dumps(record), ex=lifetime)
     response = RedirectResponse("/console", status_code=303)
