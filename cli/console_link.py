@@ -2,6 +2,7 @@
 
 The link holds a token signed with JWT_SECRET, valid --ttl seconds and usable once; visiting
 it starts a console session (CONSOLE_SESSION_HOURS) and takes the token out of the address bar.
+`--revoke-all` ends every console session instead (rotating JWT_SECRET does too).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import redis
+
 from common.settings import SettingsError, get_settings
-from common.tokens import ROLES, issue_link_token
+from common.tokens import CONSOLE_EPOCH_KEY, ROLES, issue_link_token
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,9 +21,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="crm-console-link",
         description="Print a one-time sign-in link to the console (the last line of output).",
     )
-    parser.add_argument("--sub", required=True, help="who signs in, e.g. an e-mail")
+    parser.add_argument("--sub", help="who signs in, e.g. an e-mail")
+    parser.add_argument("--role", choices=ROLES, help="reader: sees everything; admin: may act")
     parser.add_argument(
-        "--role", required=True, choices=ROLES, help="reader: sees everything; admin: may act"
+        "--revoke-all",
+        action="store_true",
+        help="end every console session now, instead of printing a link",
     )
     parser.add_argument(
         "--url",
@@ -33,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ttl <= 0:
         parser.error("--ttl must be positive")
+    if not args.revoke_all and not (args.sub and args.role):
+        parser.error("--sub and --role are required (or --revoke-all)")
     try:
         settings = get_settings()
     except SettingsError as exc:
         print(f"crm-console-link: {exc}", file=sys.stderr)
         return 2
+    if args.revoke_all:
+        return _revoke_all(settings.redis_url)
     base = (args.url or f"http://127.0.0.1:{settings.ingest_port}").rstrip("/")
     token = issue_link_token(
         settings.jwt_secret.get(), sub=args.sub, role=args.role, ttl_seconds=args.ttl
@@ -47,6 +57,22 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     print(f"{base}/console/sign-in?token={token}")
+    return 0
+
+
+def _revoke_all(redis_url: str) -> int:
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    try:
+        client.incr(CONSOLE_EPOCH_KEY)
+    except redis.RedisError as exc:
+        print(
+            f"crm-console-link: Redis failed ({type(exc).__name__}); nothing revoked",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        client.close()
+    print("every console session has ended; new sign-in links work as before")
     return 0
 
 

@@ -117,3 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         issue_token(settings.jwt_secret.get(), sub=args.sub, role=args.role, ttl_seconds=args.ttl)
     )
     return 0
+
+
+# The console sessions' generation: a session started under an older one has ended. Raised by
+# `crm-console-link --revoke-all` and by an admin's "sign out everywhere" in the console.
+CONSOLE_EPOCH_KEY = "crm:console:epoch"

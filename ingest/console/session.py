@@ -31,11 +31,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from common.settings import Settings
-from common.tokens import TokenError, verify_link_token
+from common.tokens import CONSOLE_EPOCH_KEY, TokenError, verify_link_token
 
 COOKIE = "crm_console"
 _SESSION_PREFIX = "crm:console:session:"
-EPOCH_KEY = "crm:console:epoch"  # raised by revoke_all: older sessions end
+EPOCH_KEY = CONSOLE_EPOCH_KEY
 _USED_LINK_PREFIX = "crm:console:link:"
 
 # No inline script or style, no framing, no referrer, nothing from another host.

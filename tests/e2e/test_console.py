@@ -257,3 +257,69 @@ def test_a_replay_all_stopped_by_a_shutdown_says_where_and_is_audited(
         job |= {"state": "running", "updated_at": time.time() - 600}  # as a killed one leaves it
         isolated.client.set(key, json.dumps(job))
         assert f"Lost after about {replayed} of {total}" in admin.get(job_path).text
+
+
+def _crm_console_link(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("crm-console-link")), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_rotating_the_secret_ends_every_console_session(
+    isolated: IsolatedStack, settings: Settings
+) -> None:
+    old, url = isolated.receiver()
+    with signed_in(url, settings, role="admin") as client:
+        assert client.get("/console").status_code == 200
+        token = csrf_of(client.get("/console/dead-letters").text)
+        old.stop()
+        rotated = settings.jwt_secret.get() + "-rotated"
+        _, new_url = isolated.receiver(JWT_SECRET=rotated)
+        cookie = {"crm_console": client.cookies["crm_console"]}
+        assert httpx.get(f"{new_url}/console", cookies=cookie).status_code == 401
+        # An admin's action with the old session is refused too, and changes nothing.
+        refused = httpx.post(
+            f"{new_url}/console/dead-letters/1/discard", cookies=cookie, data={"csrf": token}
+        )
+        assert refused.status_code == 401
+
+
+def test_revoke_all_and_sign_out_everywhere_end_every_session(
+    stack: str, stack_env: dict[str, str], settings: Settings
+) -> None:
+    with signed_in(stack, settings, role="reader") as reader:
+        assert reader.get("/console").status_code == 200
+        done = _crm_console_link(stack_env, "--revoke-all")
+        assert done.returncode == 0, done.stderr
+        assert "every console session has ended" in done.stdout
+        assert reader.get("/console").status_code == 401
+
+    with (
+        signed_in(stack, settings, role="reader") as reader,
+        signed_in(stack, settings, role="admin") as admin,
+    ):
+        page = admin.get("/console").text
+        assert "Sign out everywhere" in page
+        assert "Sign out everywhere" not in reader.get("/console").text
+        # A reader may not; without the CSRF token nobody may.
+        reader_token = csrf_of(reader.get("/console").text)
+        assert (
+            reader.post("/console/sign-out-everywhere", data={"csrf": reader_token}).status_code
+            == 403
+        )
+        assert admin.post("/console/sign-out-everywhere", data={}).status_code == 403
+        assert reader.get("/console").status_code == 200
+        out = admin.post("/console/sign-out-everywhere", data={"csrf": csrf_of(page)})
+        assert out.status_code == 303
+        assert reader.get("/console").status_code == 401
+        assert admin.get("/console").status_code == 401
+    # A new link signs in as before.
+    with signed_in(stack, settings, role="reader") as again:
+        assert again.get("/console").status_code == 200
+
+
+def test_crm_console_link_says_what_it_needs(stack_env: dict[str, str]) -> None:
+    done = _crm_console_link(stack_env, "--sub", "someone")
+    assert done.returncode == 2
+    assert "--sub and --role are required (or --revoke-all)" in done.stderr
