@@ -198,8 +198,9 @@ def _dead_letter(
 
 def _store_dead_letter(task: QueuedTask, **fields: Any) -> tuple[int, str]:
     """The dead letter's id and reason (db.dead_letters.write), a transient failure tried
-    again after a pause, then raised."""
-    for pause in (*_DEAD_LETTER_WRITE_PAUSES, None):
+    again after a pause (no longer than a retry's longest backoff), then raised."""
+    cap = get_settings().task_retry_backoff_max
+    for pause in (*(min(cap, pause) for pause in _DEAD_LETTER_WRITE_PAUSES), None):
         try:
             return dead_letters.write(
                 resources.engine(), task_id=task.task_id, envelope=task.envelope, **fields
@@ -228,7 +229,7 @@ def _give_back(task: QueuedTask, reason: str, error: str) -> dict[str, Any]:
         # Its in-flight record still holds it: the sweep queues it again once it is due.
         logger.warning("event %s not given back: %s", task.task_id, type(exc).__name__)
         return {"requeued": False}
-    delay = backoff_seconds(times, _GIVEBACK_WAIT_MAX)
+    delay = backoff_seconds(times, min(_GIVEBACK_WAIT_MAX, get_settings().task_retry_backoff_max))
     logger.error(
         "event %s: dead letter not written (%s); given back (%d of %d), due in %.1fs",
         task.task_id, error.split(":")[0], times, MAX_GIVEBACKS, delay,

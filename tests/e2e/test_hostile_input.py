@@ -5,6 +5,8 @@ attacks, which must be stored verbatim and never executed."""
 from __future__ import annotations
 
 import json
+import random
+import string
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -510,3 +512,73 @@ def test_nesting_that_can_be_queued_is_stored_verbatim(
 ) -> None:
     sent = _hostile_reply("Maria") | {"deep": json.loads("[" * 200 + '"x"' + "]" * 200)}
     _assert_stored_verbatim(superuser_engine, _deliver(stack, sent), sent)
+
+
+def _random_letters(count: int) -> str:
+    # Random, not repeated: a repetitive string compresses under the index limit and passes.
+    return "".join(random.choices(string.ascii_lowercase, k=count))
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "field"),
+    [
+        ("instantly", reply(f"{_random_letters(4000)}@example.com"), "'lead_email'"),
+        ("instantly", reply(None) | {"email": f"{_random_letters(321)}@x.io"}, "'email'"),
+        ("instantly", reply() | {"lead_email": {"a": _random_letters(400)}}, "'lead_email'"),
+        ("instantly", reply(event_type=_random_letters(201)), "'event_type'"),
+        (
+            "calcom",
+            fixture("calcom", "booking_created"),
+            "'payload.attendees[0].email'",
+        ),
+        ("calcom", fixture("calcom", "booking_created", triggerEvent="B" * 201), "'triggerEvent'"),
+    ],
+    ids=[
+        "lead-email-4000",
+        "email-321",
+        "lead-email-object",
+        "event-type-201",
+        "calcom-attendee-email",
+        "calcom-trigger-201",
+    ],
+)
+def test_a_field_too_long_to_store_is_refused_with_400_naming_it(
+    stack: str,
+    redis_client: redis.Redis,
+    superuser_engine: Engine,
+    provider: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    if field == "'payload.attendees[0].email'":
+        body["payload"]["attendees"][0]["email"] = f"{_random_letters(330)}@example.com"
+    raw = _encode(body, ascii_only=True)
+    secret = CALCOM_SECRET if provider == "calcom" else INSTANTLY_SECRET
+    headers = {"content-type": "application/json"}
+    if provider == "calcom":
+        headers["x-cal-signature-256"] = hmac_hex(raw, secret)
+    else:
+        headers = signed_headers(raw)
+    response = httpx.post(f"{stack}/webhooks/{provider}", content=raw, headers=headers)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+    _assert_nothing_left(redis_client, superuser_engine)
+
+
+def test_a_lead_email_of_320_characters_is_taken(stack: str, superuser_engine: Engine) -> None:
+    labels = [_random_letters(60) for _ in range(4)] + [_random_letters(7), "com"]
+    lead = f"{_random_letters(64)}@{'.'.join(labels)}"
+    assert len(lead) == 320
+    event_id = _deliver(stack, reply(lead))
+    wait_processed(superuser_engine, [event_id])
+
+
+def test_a_lone_surrogate_beside_a_long_number_is_a_400(
+    stack: str, redis_client: redis.Redis, superuser_engine: Engine
+) -> None:
+    raw = _encode(reply(), ascii_only=True).removesuffix(b"}")
+    raw += b', "text": "\\ud800", "big": 12345678901234567890123}'
+    response = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+    assert response.status_code == 400, response.text
+    assert "not valid UTF-8 JSON" in response.json()["error"]
+    _assert_nothing_left(redis_client, superuser_engine)
