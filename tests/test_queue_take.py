@@ -45,7 +45,7 @@ def test_tasks_popped_while_redis_refuses_writes_are_returned_not_lost(
         queue.enqueue(full_redis, envelope, grace_seconds=300)
     full_redis.config_set("maxmemory", "1mb")  # far below what it uses: every write refused
 
-    taken = queue.take(full_redis, 10, hold_seconds=30, grace_seconds=300)
+    taken = queue.take(full_redis, 10, hold_seconds=30)
 
     assert sorted(task.task_id for task in taken) == sorted(e.event_id for e in envelopes)
     assert full_redis.llen(QUEUE_NAME) == 0
@@ -62,7 +62,7 @@ def test_a_popped_message_not_for_the_batch_goes_back_once_redis_takes_writes(
     timer = threading.Timer(1.0, lambda: full_redis.config_set("maxmemory", 0))
     timer.start()
     try:
-        assert queue.take(full_redis, 10, hold_seconds=30, grace_seconds=300) == []
+        assert queue.take(full_redis, 10, hold_seconds=30) == []
     finally:
         timer.join()
     [raw] = full_redis.lrange(QUEUE_NAME, 0, -1)
@@ -87,7 +87,7 @@ def test_events_popped_by_a_taker_that_never_saw_them_come_back_after_the_lease(
     proxy.open()
     taker = redis.Redis(port=proxy.port, socket_timeout=5)
     try:
-        assert queue.take(taker, 10, hold_seconds=1, grace_seconds=3600) == []
+        assert queue.take(taker, 10, hold_seconds=1) == []
         assert proxy.replies_cut == 1
         assert client.llen(QUEUE_NAME) == 0, "the pop did not happen"
         swept: list[int] = []
@@ -105,22 +105,24 @@ def test_events_popped_by_a_taker_that_never_saw_them_come_back_after_the_lease(
         client.close()
 
 
-def test_a_message_given_back_is_due_as_if_just_queued_not_leased(server: RedisServer) -> None:
+def test_a_message_given_back_keeps_its_due_time_and_is_not_leased(server: RedisServer) -> None:
     client = redis.Redis.from_url(server.url)
     ready = reply_envelope(reply("ready@take.example.com"))
     queue.enqueue(client, ready, grace_seconds=3600)
     later = reply_envelope(reply("later@take.example.com"))
     task = queue.QueuedTask(later.event_id, later.to_dict())
+    queued_at = time.time()
     queue.requeue(client, task, retries=1, countdown=0, grace_seconds=3600)
     # A retry as Celery itself queues one (or a worker before retries waited in Redis): an ETA.
     client.lset(QUEUE_NAME, 0, message.again(task, retries=1, countdown=600))
     try:
         before = time.time()
-        [taken] = queue.take(client, 10, hold_seconds=30, grace_seconds=300)
+        [taken] = queue.take(client, 10, hold_seconds=30)
         assert taken.task_id == ready.event_id
         due = dict(client.zrange(queue.DUE_KEY, 0, -1, withscores=True))
         assert before + 30 <= due[ready.event_id.encode()] <= time.time() + 30
-        assert before + 300 <= due[later.event_id.encode()] <= time.time() + 300
+        # As it was on the list: the list stays in the order of its due times.
+        assert queued_at + 3600 <= due[later.event_id.encode()] <= before + 3600
         assert [message.read(raw).task_id for raw in client.lrange(QUEUE_NAME, 0, -1)] == [
             later.event_id
         ]
@@ -146,5 +148,34 @@ def test_a_retry_waits_in_redis_and_is_queued_when_due(server: RedisServer) -> N
         assert (queued.task_id, queued.retries, queued.eta) == (envelope.event_id, 2, None)
         assert client.zcard(queue.SCHEDULED_KEY) == 0
         assert client.zscore(queue.DUE_KEY, envelope.event_id) > time.time() + 3000
+    finally:
+        client.close()
+
+
+def test_a_message_popped_and_never_leased_is_queued_again_by_the_sweep(
+    server: RedisServer,
+) -> None:
+    """A consumer whose connection dropped with the pop's reply lost the message: off the list,
+    never leased. The list is first in, first out, so once a younger message is at the
+    consuming end (or the list is empty) and a lease has passed, the sweep queues it again,
+    without waiting for its visibility timeout; what still waits on the list stays put."""
+    client = redis.Redis.from_url(server.url)
+    lost, waiting = (reply_envelope(reply(f"{n}@sweep.example.com")) for n in ("lost", "waiting"))
+    try:
+        queue.enqueue(client, lost, grace_seconds=3600)
+        queue.enqueue(client, waiting, grace_seconds=3600)
+        assert message.read(client.rpop(QUEUE_NAME)).task_id == lost.event_id  # dropped
+        pushed_long_ago = time.time() - 2 * queue.LEASE_SECONDS + 3600
+        client.zadd(queue.DUE_KEY, {lost.event_id: pushed_long_ago})
+        client.zadd(queue.DUE_KEY, {waiting.event_id: pushed_long_ago + 1})
+        assert queue.sweep(client, grace_seconds=3600) == 1
+        queued = [message.read(raw).task_id for raw in client.lrange(QUEUE_NAME, 0, -1)]
+        assert queued == [lost.event_id, waiting.event_id]
+        # A held one (leased) and a scheduled retry are not lost.
+        client.delete(QUEUE_NAME)
+        queue.hold(client, [lost.event_id], seconds=queue.LEASE_SECONDS)
+        task = queue.QueuedTask(waiting.event_id, waiting.to_dict())
+        queue.requeue(client, task, retries=1, countdown=60, grace_seconds=3600)
+        assert queue.sweep(client, grace_seconds=3600) == 0
     finally:
         client.close()

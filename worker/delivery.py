@@ -255,7 +255,6 @@ def _take_more() -> list[QueuedTask]:
             resources.broker(),
             settings.worker_batch_size - 1,
             hold_seconds=BATCH_LEASE_SECONDS,
-            grace_seconds=settings.broker_visibility_timeout,
         )
     except RedisError as exc:
         logger.warning("could not take queued events: %s", type(exc).__name__)

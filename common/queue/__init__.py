@@ -115,20 +115,46 @@ redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(ARGV[4]), ARGV[1])
 return false
 """
 
-# KEYS: in-flight messages, due times, queue. ARGV: now, grace, most to queue. Atomic, so two
-# workers sweeping at once never queue one event twice; each one queued is due again later.
+# KEYS: in-flight messages, due times, queue, scheduled retries. ARGV: now, grace, most to
+# queue, lease. Atomic, so two workers sweeping at once never queue one event twice; each one
+# queued is due again later. Two kinds are queued again:
+# - past due: a lease ran out (its holder died or dropped it), or a visibility timeout passed;
+# - popped and never leased: a message waiting on the list is due `grace` after it was
+#   pushed, and the list is first in, first out, so one pushed before the message now at the
+#   consuming end (a smaller due) is off the list. If nobody leased it within a lease of its
+#   push — a consumer's connection dropped with the pop's reply — it is lost, not waiting.
 _SWEEP = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, id in ipairs(ids) do
+local now, grace, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local lost = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ARGV[3])) do
+  table.insert(lost, id)
+end
+local before = now + grace - lease
+local head = redis.call('LINDEX', KEYS[3], -1)
+if head then
+  local ok, message = pcall(cjson.decode, head)
+  local score = ok and type(message) == 'table' and type(message.headers) == 'table'
+    and type(message.headers.id) == 'string' and redis.call('ZSCORE', KEYS[2], message.headers.id)
+  before = score and math.min(before, tonumber(score)) or now
+end
+if before > now + lease then
+  local unleased = redis.call(
+    'ZRANGEBYSCORE', KEYS[2], string.format('(%.17g', now + lease),
+    string.format('(%.17g', before), 'LIMIT', 0, ARGV[3])
+  for _, id in ipairs(unleased) do
+    if not redis.call('ZSCORE', KEYS[4], id) then table.insert(lost, id) end
+  end
+end
+for _, id in ipairs(lost) do
   local queued = redis.call('HGET', KEYS[1], id)
   if queued then
     redis.call('LPUSH', KEYS[3], queued)
-    redis.call('ZADD', KEYS[2], ARGV[1] + ARGV[2], id)
+    redis.call('ZADD', KEYS[2], now + grace, id)
   else
     redis.call('ZREM', KEYS[2], id)
   end
 end
-return #ids
+return #lost
 """
 
 
@@ -169,9 +195,11 @@ class Claimer:
         return None if claimed is None else _text(claimed)
 
 
-# KEYS: queue, due times. ARGV: most to pop, the lease's end (Unix seconds). The pop and the
-# lease in one step: a process killed between the two would leave the popped events due
-# only a visibility timeout after they were queued (an hour by default), off the list.
+# KEYS: queue, due times. ARGV: most to pop, the lease's end (Unix seconds), our task's name.
+# The pop and the lease in one step: a process killed between the two would leave the popped
+# events due only a visibility timeout after they were queued (an hour by default), off the
+# list. What is not ours to apply (another task, a message with an ETA) keeps its due time:
+# it goes back to the list, and the list stays in the order of its due times.
 # `#!lua` makes Redis refuse the whole script while it is out of memory, before it pops
 # anything (a script refused half-way would lose what it popped); `take` then pops plainly.
 _TAKE = """#!lua
@@ -180,7 +208,8 @@ if not popped then return {} end
 for _, raw in ipairs(popped) do
   local ok, message = pcall(cjson.decode, raw)
   if ok and type(message) == 'table' and type(message.headers) == 'table'
-      and type(message.headers.id) == 'string' then
+      and type(message.headers.id) == 'string' and message.headers.task == ARGV[3]
+      and (message.headers.eta == nil or message.headers.eta == cjson.null) then
     redis.call('ZADD', KEYS[2], 'XX', ARGV[2], message.headers.id)
   end
 end
@@ -228,14 +257,14 @@ def requeue(
 
 
 # KEYS: scheduled retries, in-flight messages, due times, queue. ARGV: now, grace, most to
-# queue. A retry goes to the consuming end, as Celery ran a retry once its countdown passed.
+# queue. A retry joins the list like a new message (the sweep relies on the list's order).
 _RELEASE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local queued = redis.call('HGET', KEYS[2], id)
   if queued then
-    redis.call('RPUSH', KEYS[4], queued)
+    redis.call('LPUSH', KEYS[4], queued)
     redis.call('ZADD', KEYS[3], ARGV[1] + ARGV[2], id)
   end
 end
@@ -290,19 +319,17 @@ def unpark(client: redis.Redis, event_id: str) -> None:
     client.hdel(PARKED_KEY, event_id)
 
 
-def take(
-    client: redis.Redis, limit: int, *, hold_seconds: int, grace_seconds: int
-) -> list[QueuedTask]:
+def take(client: redis.Redis, limit: int, *, hold_seconds: int) -> list[QueuedTask]:
     """Up to `limit` more queued tasks, oldest first, straight off the list, held for
     `hold_seconds` from the moment they leave it. What is not for a batch now (another task,
     a retry whose countdown still runs, an unreadable message) goes back to the consuming end
-    at once, for Celery, due again `grace_seconds` later. A popped task is never dropped: a
-    Redis refusing writes costs the lease, not the task."""
+    at once, for Celery, due when it was. A popped task is never dropped: a Redis refusing
+    writes costs the lease, not the task."""
     if limit < 1:
         return []
     try:
         popped: list[bytes] = client.register_script(_TAKE)(
-            keys=[QUEUE_NAME, DUE_KEY], args=[limit, time.time() + hold_seconds]
+            keys=[QUEUE_NAME, DUE_KEY], args=[limit, time.time() + hold_seconds, TASK_NAME]
         )
     except redis.exceptions.OutOfMemoryError:
         # Refused before it ran. Popping frees memory, so a plain RPOP is still allowed;
@@ -312,7 +339,6 @@ def take(
     now = datetime.now(UTC)
     taken: list[QueuedTask] = []
     others: list[bytes] = []
-    due_again: list[str] = []
     for raw in popped:
         try:
             task = message.read(raw)
@@ -321,14 +347,14 @@ def take(
             continue
         if task.task_name != TASK_NAME or (task.eta is not None and task.eta > now):
             others.append(raw)
-            due_again.append(task.task_id)
         else:
             taken.append(task)
     if others:
         _give_back(client, others)
-    if due_again:  # back on the list, no longer leased: due as if just queued
+    late = [task.task_id for task in taken if task.eta is not None]
+    if late:  # an ETA already past: ours, but the script left it unleased
         with contextlib.suppress(redis.RedisError):
-            client.zadd(DUE_KEY, dict.fromkeys(due_again, time.time() + grace_seconds), xx=True)
+            hold(client, late, seconds=hold_seconds)
     return taken
 
 
@@ -444,8 +470,8 @@ def forget(client: redis.Redis, *event_ids: str) -> None:
 def sweep(client: redis.Redis, *, grace_seconds: int, batch: int = 500) -> int:
     """Queue again every event past due; how many were queued."""
     script = client.register_script(_SWEEP)
-    keys = [INFLIGHT_KEY, DUE_KEY, QUEUE_NAME]
-    return int(script(keys=keys, args=[time.time(), grace_seconds, batch]))
+    keys = [INFLIGHT_KEY, DUE_KEY, QUEUE_NAME, SCHEDULED_KEY]
+    return int(script(keys=keys, args=[time.time(), grace_seconds, batch, LEASE_SECONDS]))
 
 
 @dataclass(frozen=True)
