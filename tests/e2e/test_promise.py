@@ -24,6 +24,8 @@ from sqlalchemy import Engine
 
 from common import queue
 from common.envelope import Envelope
+from common.settings import Settings
+from tests.e2e.console_helpers import signed_in
 from tests.e2e.proxy import TcpProxy
 from tests.e2e.stack import ROOT, IsolatedStack, scalar, wait_processed
 from tests.helpers import wait_for
@@ -101,7 +103,7 @@ def _crm(command: str, env: dict[str, str], *args: str) -> subprocess.CompletedP
 
 
 def test_a_dead_letter_postgres_will_not_take_is_parked_shown_and_rescued(
-    isolated: IsolatedStack, superuser_engine: Engine
+    isolated: IsolatedStack, superuser_engine: Engine, settings: Settings
 ) -> None:
     proxy = TcpProxy(free_port(), ("127.0.0.1", 5432))  # closed: PostgreSQL unreachable
     client = isolated.client
@@ -124,6 +126,8 @@ def test_a_dead_letter_postgres_will_not_take_is_parked_shown_and_rescued(
 
         assert httpx.get(f"{url}/healthz/details").json()["parked"] == 1
         assert "crm_events_parked 1.0" in httpx.get(f"{url}/metrics").text
+        with signed_in(url, settings) as console:
+            assert 'id="parked">1</span>' in console.get("/console").text
         status = _crm("crm-status", isolated.env, "--json", "--ping-timeout", "0.2")
         assert status.returncode == 1
         shown = json.loads(status.stdout)
