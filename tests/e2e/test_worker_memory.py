@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 EVENTS = 400
 BODY_BYTES = 1_000_000
-DOWN_SECONDS = 30
+DOWN_SECONDS = 40
 MAX_MAIN_RSS_MB = 300
 
 
@@ -40,7 +40,7 @@ def test_retries_of_a_large_backlog_do_not_grow_the_consumer(
     worker = isolated.worker(
         concurrency=2,
         PG_PORT=str(proxy.port),
-        TASK_RETRY_BACKOFF_MAX="5",
+        TASK_RETRY_BACKOFF_MAX="60",
         TASK_MAX_RETRIES="50",
     )
     filler = "x" * BODY_BYTES
