@@ -246,6 +246,7 @@ def test_healthz_details_names_each_dependency_and_readyz_keeps_its_meaning(
         "status": "ok",
         "dependencies": {"redis": "ok", "postgresql": "ok"},
         "deliveries": "accepted",
+        "parked": 0,
         "duplicate_status": {"instantly": 409, "calcom": 409},
     }
     _, url = isolated.receiver(PG_PORT=str(free_port()))  # no PostgreSQL there
