@@ -5,6 +5,7 @@ description read. What each provider's events *do* is the worker's (worker/effec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -16,6 +17,8 @@ class Provider:
     # The types the sender documents. Others are accepted and stored as `ignored`; in metrics
     # they share the label `other`, so a sender cannot grow the number of series without bound.
     event_types: frozenset[str]
+    # Where the payload says when the event happened (ISO 8601), first found wins.
+    event_time_paths: tuple[tuple[str | int, ...], ...] = ()
 
     def event_type(self, payload: dict[str, Any]) -> str | None:
         value = payload.get(self.event_type_field)
@@ -33,8 +36,8 @@ _CALCOM_TYPES = (
     "BOOKING_CREATED", "BOOKING_RESCHEDULED", "BOOKING_CANCELLED", "BOOKING_REQUESTED",
     "BOOKING_REJECTED", "BOOKING_PAID", "MEETING_STARTED", "MEETING_ENDED",
 )  # fmt: skip
-INSTANTLY = Provider("instantly", "event_type", frozenset(_INSTANTLY_TYPES))
-CALCOM = Provider("calcom", "triggerEvent", frozenset(_CALCOM_TYPES))
+INSTANTLY = Provider("instantly", "event_type", frozenset(_INSTANTLY_TYPES), (("timestamp",),))
+CALCOM = Provider("calcom", "triggerEvent", frozenset(_CALCOM_TYPES), (("createdAt",),))
 PROVIDERS: dict[str, Provider] = {provider.name: provider for provider in (INSTANTLY, CALCOM)}
 
 # Instantly sends lead custom variables as top-level keys, and a lead variable named
@@ -73,6 +76,32 @@ def lead_email(payload: dict[str, Any]) -> str | None:
         if isinstance(value, str) and value.strip():
             return value.strip().lower()
     return None
+
+
+# A sender's time later than this after our receipt is a wrong clock or a wrong field; one
+# before the oldest plausible year likewise. Either way the receipt time stands in.
+_FUTURE_TOLERANCE = timedelta(days=1)
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def event_time(
+    provider: str, payload: dict[str, Any], received_at: datetime
+) -> tuple[datetime, str]:
+    """When the event happened and who says so: the sender's time ("sender"), or — missing,
+    unparsable or implausible — our receipt time ("received"). A time without a zone is UTC."""
+    known = PROVIDERS.get(provider)
+    for path in known.event_time_paths if known else ():
+        value = value_at(payload, path)
+        if not isinstance(value, str) or len(value) > 64:
+            continue
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            continue
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        if _EARLIEST <= when <= received_at + _FUTURE_TOLERANCE:
+            return when, "sender"
+    return received_at, "received"
 
 
 def metric_labels(provider: str, event_type: str) -> tuple[str, str]:

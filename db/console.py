@@ -45,6 +45,7 @@ _EVENT_SUMMARY = (
     webhook_events.c.status,
     webhook_events.c.attempts,
     webhook_events.c.received_at,
+    webhook_events.c.occurred_at,
     webhook_events.c.processed_at,
     EVENT_LEAD_EMAIL.label("lead_email"),
 )
@@ -220,12 +221,17 @@ def lead(conn: Connection, *, email: str) -> dict[str, Any] | None:
             conn.execute(
                 select(activities)
                 .where(activities.c.contact_id == contact["id"])
-                .order_by(activities.c.created_at)
+                .order_by(activities.c.occurred_at)
             )
         )
+    # In the order things happened, as the senders tell it (a replayed or late event keeps
+    # its place), not in the order they reached us.
     timeline = sorted(
-        [{"at": e["received_at"], "kind": "event", "item": e} for e in found_events]
-        + [{"at": n["created_at"], "kind": "activity", "item": n} for n in notes],
+        [
+            {"at": e["occurred_at"] or e["received_at"], "kind": "event", "item": e}
+            for e in found_events
+        ]
+        + [{"at": n["occurred_at"], "kind": "activity", "item": n} for n in notes],
         key=lambda entry: entry["at"],
     )
     return {

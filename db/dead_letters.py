@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.envelope import Envelope, EnvelopeError, describe
+from common.providers import event_time
 from db.engine import is_transient
 from db.tables import DEAD_LETTER_LEAD_EMAIL, FINAL_EVENT_STATUSES, dead_letters, webhook_events
 
@@ -105,6 +106,7 @@ def mark_event_dead(
     received_at: datetime,
     attempts: int,
     error: str,
+    occurred_at: datetime | None = None,
 ) -> None:
     """Let `GET /events/{id}` say `dead`, unless another delivery already processed the event."""
     stmt = insert(webhook_events).values(
@@ -114,6 +116,7 @@ def mark_event_dead(
         idempotency_key=idempotency_key,
         payload=payload,
         received_at=received_at,
+        occurred_at=occurred_at,
         status="dead",
         attempts=attempts,
         error=error,
@@ -206,6 +209,7 @@ def _write_full(
             attempts=attempts,
         )
         if parsed is not None:
+            received_at = datetime.fromisoformat(parsed.received_at)
             mark_event_dead(
                 conn,
                 event_id=event_id,
@@ -213,7 +217,8 @@ def _write_full(
                 event_type=parsed.event_type,
                 idempotency_key=parsed.idempotency_key,
                 payload=parsed.payload,
-                received_at=datetime.fromisoformat(parsed.received_at),
+                received_at=received_at,
+                occurred_at=event_time(parsed.provider, parsed.payload, received_at)[0],
                 attempts=attempts,
                 error=f"{reason}: {error_message}"[:4000],
             )

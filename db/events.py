@@ -34,6 +34,7 @@ _INSERT_EVENT = (
         attempts=bindparam("attempts"),
         payload=bindparam("payload", type_=webhook_events.c.payload.type),
         received_at=bindparam("received_at"),
+        occurred_at=bindparam("occurred_at"),
     )
     # Any conflict: on the key (another delivery), or on the id too (two copies of one
     # message inserting at once would otherwise collide on the primary key first).
@@ -70,6 +71,7 @@ def claim_event(
     idempotency_key: str,
     payload: dict[str, Any],
     received_at: datetime,
+    occurred_at: datetime,
     attempts: int,
 ) -> Claim:
     """Insert the event row, or lock the existing one. Must run inside the transaction that
@@ -82,6 +84,7 @@ def claim_event(
         "attempts": attempts,
         "payload": payload,
         "received_at": received_at,
+        "occurred_at": occurred_at,
     }
     inserted = conn.execute(_INSERT_EVENT, params).scalar()
     if inserted is not None:
@@ -93,7 +96,12 @@ def claim_event(
     conn.execute(
         update(webhook_events)
         .where(webhook_events.c.id == row.id)
-        .values(attempts=webhook_events.c.attempts + attempts, updated_at=func.now())
+        .values(
+            attempts=webhook_events.c.attempts + attempts,
+            # A row a dead letter wrote before 007 (or without a time) learns it now.
+            occurred_at=func.coalesce(webhook_events.c.occurred_at, occurred_at),
+            updated_at=func.now(),
+        )
     )
     return Claim(event_id=UUID(str(row.id)), done=False, result=None)
 
@@ -121,6 +129,7 @@ def get_event(conn: Connection, *, event_id: UUID) -> dict[str, Any] | None:
             webhook_events.c.status,
             webhook_events.c.attempts,
             webhook_events.c.received_at,
+            webhook_events.c.occurred_at,
             webhook_events.c.processed_at,
             webhook_events.c.result,
             webhook_events.c.error,
@@ -135,6 +144,7 @@ def get_event(conn: Connection, *, event_id: UUID) -> dict[str, Any] | None:
         "status": row.status,
         "attempts": row.attempts,
         "received_at": row.received_at.isoformat(),
+        "occurred_at": row.occurred_at.isoformat() if row.occurred_at else None,
         "processed_at": row.processed_at.isoformat() if row.processed_at else None,
         "result": row.result,
         "error": row.error,

@@ -196,6 +196,8 @@ webhook_events = Table(
     Column("result", JSONB),
     Column("error", Text),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # When the sender says it happened (None: stored before 007, or the sender gave no time).
+    Column("occurred_at", DateTime(timezone=True)),
     Column("processed_at", DateTime(timezone=True)),
     *_timestamps(),
     UniqueConstraint("provider", "idempotency_key", name="uniq_webhook_events_key"),

@@ -101,19 +101,25 @@ _SCHEMAS: dict[str, Any] = {
     "DuplicateAccepted": _object(status={"const": "duplicate"}, event_id=_TEXT),
     "Status": _object(status=_TEXT),
     "Details": _object(
+        "parked",
         status={"type": "string", "enum": ["ok", "degraded"]},
         dependencies={"type": "object", "additionalProperties": _TEXT},
         deliveries=_TEXT,
+        # Events whose dead letter PostgreSQL refused, held in Redis (null: Redis unreadable).
+        parked={"type": ["integer", "null"]},
         duplicate_status={"type": "object", "additionalProperties": {"enum": [200, 409]}},
     ),
     "Queued": _object(status={"const": "queued"}, event_id=_UUID),
     "EventStatus": _object(
+        "occurred_at",
         event_id=_UUID,
         provider=_TEXT,
         event_type=_TEXT,
         status={"type": "string", "enum": list(EVENT_STATUSES)},
         attempts=_INT,
         received_at=_TIME,
+        # When the sender says it happened; null when it gave no usable time (or not yet known).
+        occurred_at=_NULLABLE_TIME,
         processed_at=_NULLABLE_TIME,
         result={"type": ["object", "null"]},
         error={"type": ["string", "null"]},

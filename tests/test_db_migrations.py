@@ -400,7 +400,7 @@ def test_crm_db_migrate_works_from_any_directory(stack_env: dict[str, str], tmp_
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "crm-db: already at 006_console_indexes; nothing to do" in result.stdout
+    assert "crm-db: already at 007_event_time; nothing to do" in result.stdout
 
 
 def test_crm_db_migrate_says_where_it_went(
@@ -413,9 +413,9 @@ def test_crm_db_migrate_says_where_it_went(
     assert main(["migrate", "--revision", "002_policies"]) == 0
     assert "crm-db: migrated from an empty database to 002_policies" in capsys.readouterr().out
     assert main(["migrate"]) == 0
-    assert "crm-db: migrated from 002_policies to 006_console_indexes" in capsys.readouterr().out
+    assert "crm-db: migrated from 002_policies to 007_event_time" in capsys.readouterr().out
     assert main(["migrate"]) == 0
-    assert "crm-db: already at 006_console_indexes; nothing to do" in capsys.readouterr().out
+    assert "crm-db: already at 007_event_time; nothing to do" in capsys.readouterr().out
 
 
 def test_bootstrap_says_where_it_connects(

@@ -4,12 +4,14 @@ the one piece of code that carries any row of them out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection
 
 from common.envelope import Envelope
+from common.providers import event_time
 from db import crm
 from worker.errors import ConfigError
 from worker.leads import Lead, upsert_lead
@@ -108,6 +110,10 @@ def apply_effect(
             body=note.body,
             metadata={k: v for k, v in note.metadata.items() if v is not None},
             event_id=UUID(envelope.event_id),
+            # The same pure function apply_event stores on the event row: the same time.
+            occurred_at=event_time(
+                envelope.provider, envelope.payload, datetime.fromisoformat(envelope.received_at)
+            )[0],
         )
     return result(
         envelope.event_type,

@@ -14,7 +14,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine
 
 from common.envelope import Envelope, EnvelopeError
-from common.providers import PROVIDERS
+from common.providers import PROVIDERS, event_time
 from common.settings import get_settings
 from db import events
 from worker import calcom, effects, instantly
@@ -64,6 +64,8 @@ def _die_if_poisoned(envelope: Envelope) -> None:
 
 def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outcome:
     """The event's guard row, effects and outcome, inside the caller's transaction."""
+    received_at = datetime.fromisoformat(envelope.received_at)
+    occurred_at, time_source = event_time(envelope.provider, envelope.payload, received_at)
     claim = events.claim_event(
         conn,
         event_id=UUID(envelope.event_id),
@@ -71,7 +73,8 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
         event_type=envelope.event_type,
         idempotency_key=envelope.idempotency_key,
         payload=envelope.payload,
-        received_at=datetime.fromisoformat(envelope.received_at),
+        received_at=received_at,
+        occurred_at=occurred_at,
         attempts=attempts,
     )
     if claim.done:
@@ -82,13 +85,17 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
         envelope.event_type,
         engagement_activities=get_settings().engagement_activities,
     )
+    # Which time the event's activity carries: the sender's, or our receipt's.
+    timing = {"occurred_at": occurred_at.isoformat(), "time_source": time_source}
     if effect is None:
         result = effects.result("ignored") | {"ignored": f"no effect for {envelope.event_type}"}
+        result |= timing
         events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
         return Outcome("ignored", result)
     if effect == STORE_ONLY:
         result = effects.result("stored")  # the webhook_events row is the whole effect
     else:
         result = _HANDLERS[envelope.provider](conn, envelope, effect)
+    result |= timing
     events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
     return Outcome("processed", result)

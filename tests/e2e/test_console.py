@@ -323,3 +323,24 @@ def test_crm_console_link_says_what_it_needs(stack_env: dict[str, str]) -> None:
     done = _crm_console_link(stack_env, "--sub", "someone")
     assert done.returncode == 2
     assert "--sub and --role are required (or --revoke-all)" in done.stderr
+
+
+def test_the_lead_page_tells_the_story_in_the_order_it_happened(
+    stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    # The later reply arrives first (a backlog, a replay): the page still puts it second.
+    lead = "story.order@example.org"
+    sent = []
+    for subject, at in (
+        ("Re: second", "2026-12-02T10:00:00Z"),
+        ("Re: first", "2026-12-01T10:00:00Z"),
+    ):
+        raw = encode(reply(lead, reply_subject=subject, timestamp=at))
+        answer = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+        assert answer.status_code == 202, answer.text
+        sent.append(answer.json()["event_id"])
+    wait_processed(superuser_engine, sent)
+    with signed_in(stack, settings, role="reader") as client:
+        page = client.get("/console/leads", params={"email": lead}).text
+    assert page.index("Re: first") < page.index("Re: second")
+    assert "2026-12-01" in page and "2026-12-02" in page

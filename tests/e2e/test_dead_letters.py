@@ -632,3 +632,25 @@ def test_every_replay_and_discard_is_recorded_with_who_did_it(
     assert sorted(actions[2]["dead_letter_ids"]) == sorted([ids[0], ids[2]])
     assert actions[2]["filters"]["reason"] == "invalid_payload"
     assert (actions[2]["matched"], actions[2]["replayed"]) == (2, 2)
+
+
+def test_a_replayed_dead_letter_keeps_the_time_the_reply_was_written(
+    stack: str,
+    superuser_engine: Engine,
+    stack_env: dict[str, str],
+    broken_default_pipeline: Callable[[], None],
+) -> None:
+    # A reply written a week ago, dead-lettered, replayed today: its note belongs a week ago
+    # in the lead's timeline, not today.
+    event_id = post(stack, reply("week.old@example.org", timestamp="2026-11-27T16:05:00Z"))
+    letter_id = wait_dead_letter(superuser_engine, event_id)["id"]
+    broken_default_pipeline()
+    done = crm_dlq(stack_env, "replay", str(letter_id))
+    assert done.returncode == 0, done.stderr
+    wait_status(superuser_engine, event_id, "processed")
+    written = scalar(
+        superuser_engine,
+        "SELECT a.occurred_at = '2026-11-27T16:05:00Z' AND e.occurred_at = a.occurred_at"
+        " FROM activities a JOIN webhook_events e ON e.id = a.event_id",
+    )
+    assert written is True

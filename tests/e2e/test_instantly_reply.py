@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from common import queue
 from common.queue import QUEUE_NAME
@@ -21,6 +23,12 @@ from tests.payloads import bearer_headers, encode, reply, signed_headers
 pytestmark = pytest.mark.e2e
 
 SAMPLE_EMAIL = "maria.keller@nordfracht.de"
+
+
+def post_reply(url: str, body: dict[str, Any]) -> str:
+    answer = post(url, body)
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["event_id"])
 
 
 def post(url: str, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -93,6 +101,7 @@ def test_sample_reply_becomes_contact_deal_in_new_and_system_note(
         "effect": "reply_received", "contact_id": contact_id, "deal_id": deal_id, "stage": "New",
         "activity_id": activity_id, "do_not_contact": None,
         "step": "E:deal_created_and_logged", "system_activity_id": activity_id,
+        "occurred_at": "2026-11-20T09:14:03.512000+00:00", "time_source": "sender",
     }  # fmt: skip
 
 
@@ -409,3 +418,49 @@ def test_status_of_a_queued_event_is_queued(
     )
     assert unknown.status_code == 404
     assert json.loads(unknown.text) == {"error": "Unknown event"}
+
+
+def _event_times(engine: Engine, event_id: str) -> tuple[datetime, datetime, datetime, str]:
+    """The event's received_at and occurred_at, its activity's occurred_at, and which it used."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT e.received_at, e.occurred_at, a.occurred_at AS activity_at,"
+                " e.result ->> 'time_source' AS source"
+                " FROM webhook_events e JOIN activities a ON a.event_id = e.id WHERE e.id = :id"
+            ),
+            {"id": event_id},
+        ).one()
+    return row.received_at, row.occurred_at, row.activity_at, row.source
+
+
+def test_an_activity_happens_when_the_sender_says_not_when_it_was_processed(
+    stack: str, superuser_engine: Engine
+) -> None:
+    last_tuesday = datetime(2026, 12, 1, 9, 14, 3, 512000, tzinfo=UTC)
+    event_id = post_reply(stack, reply("tuesday@example.org", timestamp="2026-12-01T09:14:03.512Z"))
+    wait_processed(superuser_engine, [event_id])
+    received, occurred, activity_at, source = _event_times(superuser_engine, event_id)
+    assert (occurred, activity_at, source) == (last_tuesday, last_tuesday, "sender")
+    assert received > last_tuesday
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        None,
+        "",
+        "last tuesday",
+        "2026-13-45T00:00:00Z",
+        "2999-01-01T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+    ],
+    ids=["missing", "empty", "words", "no-such-date", "far-future", "before-2000"],
+)
+def test_a_missing_or_implausible_sender_time_falls_back_to_the_receipt(
+    stack: str, superuser_engine: Engine, timestamp: str | None
+) -> None:
+    event_id = post_reply(stack, reply(f"{uuid.uuid4().hex[:8]}@example.org", timestamp=timestamp))
+    wait_processed(superuser_engine, [event_id])
+    received, occurred, activity_at, source = _event_times(superuser_engine, event_id)
+    assert (occurred, activity_at, source) == (received, received, "received")
