@@ -360,8 +360,10 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("TASK_RETRY_BACKOFF_MAX must be below BROKER_VISIBILITY_TIMEOUT")
     if not settings.is_production:
         return
+    # Every problem at once: one start-up tells the operator all there is to fix.
+    problems = []
     if settings.dev_signature_bypass:
-        raise SettingsError("DEV_SIGNATURE_BYPASS=true is refused when APP_ENV=production")
+        problems.append("DEV_SIGNATURE_BYPASS=true is refused when APP_ENV=production")
     single = {
         "JWT_SECRET": settings.jwt_secret,
         "PG_PASSWORD": settings.pg_password,
@@ -370,21 +372,24 @@ def _validate(settings: Settings) -> None:
     }
     for name, secret in single.items():
         if secret.is_placeholder():
-            raise SettingsError(f"{name} is missing or a placeholder; set a real secret")
+            problems.append(f"{name} is missing or a placeholder; set a real secret")
     # RFC 7518 §3.2: an HS256 key shorter than the hash output weakens every token.
-    if len(settings.jwt_secret.get().encode()) < _MIN_JWT_SECRET_BYTES:
-        raise SettingsError(f"JWT_SECRET must be at least {_MIN_JWT_SECRET_BYTES} bytes long")
+    jwt_secret = settings.jwt_secret
+    if not jwt_secret.is_placeholder() and len(jwt_secret.get().encode()) < _MIN_JWT_SECRET_BYTES:
+        problems.append(f"JWT_SECRET must be at least {_MIN_JWT_SECRET_BYTES} bytes long")
     lists = {
         "HMAC_SHARED_SECRET_INSTANTLY": settings.hmac_secrets_instantly,
         "HMAC_SHARED_SECRET_CALCOM": settings.hmac_secrets_calcom,
     }
     for name, secrets in lists.items():
         if not secrets or any(secret.is_placeholder() for secret in secrets):
-            raise SettingsError(f"{name} is missing or holds a placeholder; set a real secret")
-        if any(len(secret.get()) < _MIN_WEBHOOK_SECRET_CHARS for secret in secrets):
-            raise SettingsError(
+            problems.append(f"{name} is missing or holds a placeholder; set a real secret")
+        elif any(len(secret.get()) < _MIN_WEBHOOK_SECRET_CHARS for secret in secrets):
+            problems.append(
                 f"{name}: every secret must be at least {_MIN_WEBHOOK_SECRET_CHARS} characters"
             )
+    if problems:
+        raise SettingsError("; ".join(problems))
 
 
 @lru_cache(maxsize=1)

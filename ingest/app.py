@@ -380,6 +380,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[
             Route("/webhooks/{provider}", metrics.instrumented(receive_webhook), methods=["POST"]),
+            # A trailing slash, a common paste error in a sender's settings, is the same route:
+            # a redirect would lose the event with senders that do not follow one on POST.
+            Route("/webhooks/{provider}/", metrics.instrumented(receive_webhook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/healthz/details", healthz_details, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

@@ -239,3 +239,22 @@ def test_duplicate_status_is_409_or_200(name: str) -> None:
     assert load_settings({name: "200"}).duplicate_status(name.rsplit("_", 1)[1].lower()) == 200
     message = _refused({name: "204"})
     assert name in message and "409, 200" in message
+
+
+def test_production_names_every_missing_secret_at_once() -> None:
+    env = {
+        "APP_ENV": "production",
+        "PG_PASSWORD": "Vn7Qe2Lr9Tx4Mb8Kc1Wz",
+        "HMAC_SHARED_SECRET_CALCOM": "short",
+    }
+    message = _refused(env)
+    for name in (
+        "JWT_SECRET",
+        "PG_ADMIN_PASSWORD",
+        "PG_READONLY_PASSWORD",
+        "HMAC_SHARED_SECRET_INSTANTLY",
+        "HMAC_SHARED_SECRET_CALCOM",
+    ):
+        assert name in message
+    assert "PG_PASSWORD is" not in message  # the one that is set is not named
+    assert "short" not in message.replace("placeholder", "")

@@ -464,3 +464,17 @@ def test_a_missing_or_implausible_sender_time_falls_back_to_the_receipt(
     wait_processed(superuser_engine, [event_id])
     received, occurred, activity_at, source = _event_times(superuser_engine, event_id)
     assert (occurred, activity_at, source) == (received, received, "received")
+
+
+def test_a_trailing_slash_is_the_same_route_not_a_redirect(
+    stack: str, superuser_engine: Engine
+) -> None:
+    raw = encode(reply("trailing.slash@example.org"))
+    answer = httpx.post(
+        f"{stack}/webhooks/instantly/", content=raw, headers=signed_headers(raw),
+        follow_redirects=False,
+    )  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    wait_processed(superuser_engine, [answer.json()["event_id"]])
+    again = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+    assert again.status_code == 409  # one route: the repeat is a repeat
