@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = log_dir / "bodies.tsv"
     url = f"http://127.0.0.1:{args.port}"
     receiver: Child | None = None
-    bootstrap(settings, echo=lambda _: None)
+    bootstrap(settings, echo=lambda _: None, create_database=True)
     try:
         migrate(settings)
         # Enough distinct bodies for floor and ingest at 30,000 req/s (seen here: ~11,000).

@@ -72,8 +72,24 @@ _SUPERUSER_VARIABLES = "PG_SUPERUSER_URL, or PG_HOST / PG_PORT when it is unset"
 _ADMIN_VARIABLES = "PG_HOST, PG_PORT, PG_ADMIN_USER, PG_ADMIN_PASSWORD"
 
 
-def bootstrap(settings: Settings, *, echo: Echo = print) -> None:
-    """Create the three LOGIN roles and the database if missing; app_admin owns schema public."""
+class DatabaseMissing(RuntimeError):
+    """PG_DATABASE names a database that does not exist, and nothing said to create it."""
+
+
+def may_create_database(settings: Settings) -> bool:
+    """Whether bootstrap creates a missing database unasked: only the development default.
+    Anything else missing is more likely a typo (PG_DATABASE=crn) than a wish, and webhooks
+    would land in an empty CRM nobody looks at."""
+    return settings.app_env == "development" and settings.pg_database == Settings().pg_database
+
+
+def bootstrap(
+    settings: Settings, *, echo: Echo = print, create_database: bool | None = None
+) -> None:
+    """Create the three LOGIN roles and, when `create_database` (default: may_create_database)
+    allows, the database if missing; app_admin owns schema public. DatabaseMissing otherwise."""
+    if create_database is None:
+        create_database = may_create_database(settings)
     server = superuser_url(settings)
     where = f"{server.host or 'localhost'}:{server.port or 5432}"
     echo(f"bootstrap: as {server.username or '?'} on {where} (PG_SUPERUSER_URL)")
@@ -85,7 +101,9 @@ def bootstrap(settings: Settings, *, echo: Echo = print) -> None:
     with _autocommit(server, where) as conn:
         for role, password in roles:
             _ensure_role(conn, role, password, echo)
-        _ensure_database(conn, settings.pg_database, settings.pg_admin_user, echo)
+        _ensure_database(
+            conn, settings.pg_database, settings.pg_admin_user, echo, create=create_database
+        )
     with _autocommit(server.set(database=settings.pg_database), where) as conn:
         conn.execute(text(f"ALTER SCHEMA public OWNER TO {_quote(conn, settings.pg_admin_user)}"))
         echo(f"schema public in {settings.pg_database}: owned by {settings.pg_admin_user}")
@@ -176,11 +194,18 @@ def _ensure_role(conn: Connection, role: str, password: str, echo: Echo) -> None
     echo(f"role {role}: created")
 
 
-def _ensure_database(conn: Connection, database: str, owner: str, echo: Echo) -> None:
+def _ensure_database(
+    conn: Connection, database: str, owner: str, echo: Echo, *, create: bool
+) -> None:
     exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :db"), {"db": database})
     if exists:
         echo(f"database {database}: kept (already exists)")
         return
+    if not create:
+        raise DatabaseMissing(
+            f"database '{database}' does not exist (PG_DATABASE). If that name is right, create"
+            " it on purpose: crm-db bootstrap --create-database"
+        )
     conn.execute(text(f"CREATE DATABASE {_quote(conn, database)} OWNER {_quote(conn, owner)}"))
     echo(f"database {database}: created, owned by {owner}")
 
@@ -190,10 +215,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="crm-db", description="Create the CRM database and roles, and run its migrations."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
+    boot = sub.add_parser(
         "bootstrap",
         help="create roles app_admin, app_user, readonly and the database if missing "
         "(needs PG_SUPERUSER_URL)",
+    )
+    boot.add_argument(
+        "--create-database",
+        action="store_true",
+        help="create PG_DATABASE if it does not exist (unasked, only the development default "
+        "'crm' is created: any other missing name is refused as a likely typo)",
     )
     up = sub.add_parser("migrate", help="upgrade the schema as app_admin")
     up.add_argument("--revision", default="head", help="target revision (default: head)")
@@ -208,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         if args.command == "bootstrap":
-            bootstrap(settings)
+            bootstrap(settings, create_database=args.create_database or None)
         elif args.command == "migrate":
             before = current_revision(settings)
             migrate(settings, args.revision)
@@ -222,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"crm-db: {exc}", file=sys.stderr)
         return 2
-    except (DatabaseUnavailable, CommandError, RuntimeError) as exc:
+    except (DatabaseUnavailable, DatabaseMissing, CommandError, RuntimeError) as exc:
         print(f"crm-db: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -117,7 +117,7 @@ def stack_env(
     env = _test_env(_fresh_name(), REDIS_URL=redis_server.url, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     settings = load_settings(env)
     try:
-        bootstrap(settings, echo=_quiet)
+        bootstrap(settings, echo=_quiet, create_database=True)
         migrate(settings)
         yield env
     finally:
@@ -172,7 +172,7 @@ def scratch_database(stack_env: dict[str, str]) -> Iterator[Callable[..., Settin
     def make(**overrides: str) -> Settings:
         settings = load_settings(_test_env(_fresh_name(), **overrides))
         made.append(settings)
-        bootstrap(settings, echo=_quiet)
+        bootstrap(settings, echo=_quiet, create_database=True)
         return settings
 
     try:

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,16 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, create_engine, pool, text
 
+from cli.run import main as run_main
 from common.settings import Settings, load_settings
-from db.cli import alembic_config, downgrade, main, migrate, superuser_url
+from db.cli import (
+    alembic_config,
+    downgrade,
+    main,
+    may_create_database,
+    migrate,
+    superuser_url,
+)
 
 MakeDatabase = Callable[..., Settings]
 
@@ -424,3 +433,42 @@ def test_bootstrap_says_where_it_connects(
     environ()
     assert main(["bootstrap"]) == 0
     assert "bootstrap: as postgres on 127.0.0.1:5432 (PG_SUPERUSER_URL)" in capsys.readouterr().out
+
+
+def _database_exists(engine: Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        return found.first() is not None
+
+
+def test_a_misspelt_database_is_refused_not_created(
+    environ: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    superuser_engine: Engine,
+) -> None:
+    typo = f"crn_{uuid.uuid4().hex[:8]}"
+    environ(APP_ENV="development", PG_DATABASE=typo)
+    assert main(["bootstrap"]) == 1
+    said = capsys.readouterr().err
+    assert f"database '{typo}' does not exist" in said
+    assert "crm-db bootstrap --create-database" in said
+    assert not _database_exists(superuser_engine, typo)
+    # crm-run (what make run runs) stops at the same line, before starting anything.
+    assert run_main(["--workers", "1"]) == 1
+    assert f"database '{typo}' does not exist" in capsys.readouterr().err
+    assert not _database_exists(superuser_engine, typo)
+
+    assert main(["bootstrap", "--create-database"]) == 0
+    try:
+        assert _database_exists(superuser_engine, typo)
+    finally:
+        with superuser_engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text(f'DROP DATABASE IF EXISTS "{typo}"')
+            )
+
+
+def test_only_the_development_default_is_created_unasked() -> None:
+    assert may_create_database(load_settings({}))
+    assert not may_create_database(load_settings({"PG_DATABASE": "crn"}))
+    assert not may_create_database(load_settings({"APP_ENV": "test"}))
