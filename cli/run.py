@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from cli import ports
 from common.queue import QUEUE_NAME
 from common.settings import Settings, SettingsError, load_settings
 from db import cli as db_cli
@@ -230,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"crm-run: {exc}", file=sys.stderr)
         return 2
+    if ports.in_use(args.host, settings.ingest_port):
+        by = ports.holder(settings.ingest_port)
+        print(
+            f"crm-run: port {settings.ingest_port} on {args.host} is in use"
+            f"{f' by {by}' if by else ''}: is crm-run already running? (or set INGEST_PORT)",
+            file=sys.stderr,
+        )
+        return 1
     problem = check_redis(settings)
     if problem:
         print(f"crm-run: {problem}", file=sys.stderr)

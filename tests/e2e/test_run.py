@@ -92,11 +92,12 @@ def test_a_worker_that_dies_is_restarted_while_the_receiver_keeps_answering(
     assert code == 0
 
 
-def test_a_receiver_that_cannot_start_stops_everything_with_one_line(
+def test_a_taken_port_stops_crm_run_before_it_starts_anything_with_one_line(
     run_env: dict[str, str], tmp_path: Path
 ) -> None:
+    port = run_env["INGEST_PORT"]
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", int(run_env["INGEST_PORT"])))
+        taken.bind(("127.0.0.1", int(port)))
         taken.listen()
         run = Run(run_env, tmp_path / "crm-run.log")
         try:
@@ -104,8 +105,10 @@ def test_a_receiver_that_cannot_start_stops_everything_with_one_line(
         finally:
             run.stop()  # a hung crm-run must not outlive the test
     assert code == 1
-    stops = [line for line in run.output().splitlines() if "failed to start" in line]
-    assert stops == ["crm-run: receiver failed to start (exit code 3); stopping"]
+    [line] = run.output().splitlines()
+    assert line.startswith(f"crm-run: port {port} on 127.0.0.1 is in use by ")
+    assert f"(pid {os.getpid()})" in line  # this test holds it, and /proc says so
+    assert line.endswith("is crm-run already running? (or set INGEST_PORT)")
 
 
 def test_ctrl_c_stops_everything_with_one_line_each_and_json_on_stdout(
