@@ -27,7 +27,7 @@ from starlette.routing import Route
 from common import jsonexact, overview, queue
 from common import metrics as common_metrics
 from common.envelope import Envelope, new_event_id, utc_now_iso
-from common.logging import configure_logging, printable
+from common.logging import configure_logging
 from common.providers import (
     LEAD_EMAIL_PATHS,
     MAX_EVENT_TYPE_LENGTH,
@@ -43,7 +43,8 @@ from ingest import admin, auth, console, metrics, openapi, status
 from ingest.backpressure import Backpressure
 from ingest.deadlines import BodyDeadlines
 from ingest.idempotency import InvalidIdempotencyKey, derive_key
-from ingest.responses import CLIENT_DISCONNECTED, error
+from ingest.refusals import REFUSALS
+from ingest.responses import CLIENT_DISCONNECTED, error, peer
 
 logger = logging.getLogger("crm.ingest")
 
@@ -158,14 +159,6 @@ def _fault(settings: Settings, point: str) -> None:
         os._exit(70)
 
 
-def peer(request: Request) -> str:
-    """Who sent a request, for a log line: the connection's address, and what an
-    X-Forwarded-For header claims, labelled as a claim (anyone can send one)."""
-    address = request.client.host if request.client else "unknown"
-    claimed = request.headers.get("x-forwarded-for")
-    return f"{address} (claims to forward for {printable(claimed, 100)})" if claimed else address
-
-
 def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == "application/json"
 
@@ -192,10 +185,7 @@ async def receive_webhook(request: Request) -> Response:
     refused = auth.refusal(provider.name, request.headers, body, settings)
     if refused is not None:
         if not settings.dev_signature_bypass:
-            logger.warning(
-                "%s delivery from %s refused: %s",
-                provider.name, peer(request), auth.DESCRIPTIONS[refused],
-            )  # fmt: skip
+            REFUSALS.refused(provider.name, 401, auth.DESCRIPTIONS[refused], peer(request))
             common_metrics.AUTH_REFUSALS.labels(provider.name, refused).inc()
             return error(401, "Missing or invalid signature")
         logger.warning("DEV_SIGNATURE_BYPASS let an unauthenticated %s delivery in", provider.name)
@@ -306,6 +296,11 @@ async def healthz_details(request: Request) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "Not found", 405: "Method not allowed"}
+    if request.url.path.startswith("/webhooks/"):
+        name = request.url.path.split("/")[2]
+        provider = name if name in PROVIDERS else "unknown"
+        reason = messages.get(exc.status_code, str(exc.detail))
+        REFUSALS.refused(provider, exc.status_code, reason, peer(request))
     return error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
 
 

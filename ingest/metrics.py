@@ -6,6 +6,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 
+import orjson
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
@@ -18,7 +19,8 @@ from starlette.routing import Route
 from common import metrics, queue
 from common.providers import PROVIDERS
 from db.tables import dead_letters
-from ingest.responses import CLIENT_DISCONNECTED
+from ingest.refusals import REFUSALS
+from ingest.responses import CLIENT_DISCONNECTED, peer
 from ingest.status import engine
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -38,6 +40,18 @@ _OUTCOMES = {
     503: ("rejected", "queue_unavailable"),
     CLIENT_DISCONNECTED: ("client_disconnected", ""),
 }
+
+
+# Refusals the route answers itself that the log names (a 401 is logged where its reason is
+# known, in the route; 405 and 431 never reach it: ingest.app and ingest.protocol log those).
+_LOGGED_REFUSALS = frozenset({400, 404, 408, 413, 415})
+
+
+def _reason(response: Response) -> str:
+    try:
+        return str(orjson.loads(response.body)["error"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "refused"
 
 
 @functools.cache
@@ -63,6 +77,8 @@ def instrumented(handler: Handler) -> Handler:
         try:
             response = await handler(request)
             status = response.status_code
+            if status in _LOGGED_REFUSALS:
+                REFUSALS.refused(provider, status, _reason(response), peer(request))
             return response
         finally:
             deliveries, seconds = _series(provider, status)

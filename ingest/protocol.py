@@ -23,6 +23,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from common.settings import get_settings
+from ingest.refusals import REFUSALS
 
 _END_OF_HEAD = b"\r\n\r\n"
 _BODY_431 = b'{"error":"Request headers too large"}'
@@ -57,6 +58,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.in_head and self._head_too_large(data):
             self._disarm_head_deadline()
+            address = self.transport.get_extra_info("peername")
+            who = str(address[0]) if address else "unknown"
+            # Before routing: which sender it was for is not known.
+            REFUSALS.refused("unknown", 431, "Request headers too large", who)
             self.transport.write(_RESPONSE_431)
             self.transport.close()
             return

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from common.logging import printable
 
 RETRY_AFTER_SECONDS = "5"
 # Nobody reads this answer: nginx's code for a client that closed its request, so that
@@ -18,3 +21,11 @@ def error(status_code: int, message: str, *, close: bool = False, **extra: Any) 
     if close:
         headers["Connection"] = "close"
     return JSONResponse({"error": message, **extra}, status_code=status_code, headers=headers)
+
+
+def peer(request: Request) -> str:
+    """Who sent a request, for a log line: the connection's address, and what an
+    X-Forwarded-For header claims, labelled as a claim (anyone can send one)."""
+    address = request.client.host if request.client else "unknown"
+    claimed = request.headers.get("x-forwarded-for")
+    return f"{address} (claims to forward for {printable(claimed, 100)})" if claimed else address

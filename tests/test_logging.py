@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from common.logging import clear_event, configure_logging, set_event
+from ingest.refusals import RefusalLog
 
 
 def test_an_access_log_switched_off_stays_off_and_the_others_go_through_the_root() -> None:
@@ -62,3 +65,22 @@ def test_text_lines_are_readable_and_name_their_event() -> None:
     assert " WARNING crm.test: hello you [event_id=6f0c2f1e-" in line
     assert line.endswith("provider=instantly event_type=reply_received]")
     assert not line.startswith("{")
+
+
+def test_a_flood_of_refusals_is_one_line_then_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    log = RefusalLog(interval=60, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="crm.ingest"):
+        for _ in range(50):
+            log.refused("instantly", 415, "Content-Type must be application/json", "10.9.8.7")
+            now[0] += 1  # 50 s in all: within the interval
+        log.refused("calcom", 415, "Content-Type must be application/json", "10.9.8.7")
+        now[0] += 11  # the interval has passed
+        log.refused("instantly", 415, "Content-Type must be application/json", "10.9.8.7")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        "instantly delivery from 10.9.8.7 refused: Content-Type must be application/json (415)",
+        "calcom delivery from 10.9.8.7 refused: Content-Type must be application/json (415)",
+        "instantly delivery from 10.9.8.7 refused: Content-Type must be application/json (415);"
+        " 49 more like it since the last such line",
+    ]

@@ -72,3 +72,41 @@ def test_sender_values_are_escaped_and_cut_in_every_line(
     [refusal] = [line for line in _lines(receiver.output()) if "refused" in line]
     # The peer is the connection's; what a header says is shown as a claim, not as the peer.
     assert "from 127.0.0.1 (claims to forward for 6.6.6.6)" in refusal
+
+
+def test_every_refusal_says_why_once_per_kind_and_interval(isolated: IsolatedStack) -> None:
+    receiver, url = isolated.receiver()
+    body = encode(reply())
+    json_type = {"content-type": "application/json"}
+    cases = [
+        ("POST", "/webhooks/instantly", b"{not json", signed_headers(b"{not json"), 400),
+        ("POST", "/webhooks/nope", body, json_type, 404),
+        ("GET", "/webhooks/instantly", b"", {}, 405),
+        ("POST", "/webhooks/instantly", body, {"content-type": "text/plain"}, 415),
+        ("POST", "/webhooks/instantly", b"x" * 2_000_000, json_type, 413),
+    ]
+    for method, path, content, headers, status in cases:
+        for _ in range(20):  # a flood of each: one line each, not twenty
+            answer = httpx.request(method, f"{url}{path}", content=content, headers=headers)
+            assert answer.status_code == status, answer.text
+    head = "x" * 20_000
+    # Answered before the app sees the request: which sender it was for is not known.
+    too_big = httpx.post(f"{url}/webhooks/instantly", content=body, headers={"x-big": head})
+    assert too_big.status_code == 431
+
+    def refusals() -> list[str]:
+        return [line for line in _lines(receiver.output()) if " refused: " in line]
+
+    wait_for(lambda: len(refusals()) >= 6, message="not every refusal was logged")
+    lines = refusals()
+    expected = [
+        "instantly delivery from 127.0.0.1 refused: Body is not valid UTF-8 JSON (400)",
+        "unknown delivery from 127.0.0.1 refused: Unknown provider (404)",
+        "instantly delivery from 127.0.0.1 refused: Method not allowed (405)",
+        "instantly delivery from 127.0.0.1 refused: Content-Type must be application/json (415)",
+        "instantly delivery from 127.0.0.1 refused: Body larger than 1048576 bytes (413)",
+        "unknown delivery from 127.0.0.1 refused: Request headers too large (431)",
+    ]
+    assert len(lines) == len(expected), "\n".join(lines)
+    for line, said in zip(lines, expected, strict=True):
+        assert said in line
