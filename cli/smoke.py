@@ -4,7 +4,8 @@ Posts a signed synthetic reply with a fresh idempotency key (expects 202), posts
 (expects 409 naming the same event, or 200 where DUPLICATE_STATUS_INSTANTLY=200), then polls
 `GET /events/{id}` until the worker has processed it. One line per step; exit 0 when every
 step passed, 1 otherwise, 2 on bad usage.
-It leaves a contact `smoke+<id>@example.com` with a deal and a note, as any reply would.
+The worker applies it whole, then rolls its CRM rows back: no contact, deal or activity is
+left, only the event row, whose result says it was a smoke test.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
+from common.envelope import SMOKE_KEY_PREFIX, SMOKE_WORKSPACE
 from common.settings import SettingsError, get_settings
 from common.tokens import issue_token
 
@@ -31,7 +33,7 @@ def synthetic_reply(run_id: str) -> dict[str, Any]:
     return {
         "event_type": "reply_received",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "workspace": "crm-smoke",
+        "workspace": SMOKE_WORKSPACE,
         "campaign_id": "crm-smoke",
         "campaign_name": "crm-smoke post-deploy check",
         "lead_email": email,
@@ -67,7 +69,7 @@ def run(
 ) -> bool:
     run_id = uuid.uuid4().hex
     body = orjson.dumps(synthetic_reply(run_id))
-    key = f"crm-smoke-{run_id}"
+    key = f"{SMOKE_KEY_PREFIX}{run_id}"
 
     def step(ok: bool, line: str) -> bool:
         print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
@@ -109,7 +111,8 @@ def run(
             return step(False, f"processing: {detail} after {timeout:g}s (want processed)")
         return step(
             True,
-            f"processed: deal {result.get('deal_id')}, activity {result.get('system_activity_id')}",
+            f"processed: deal {result.get('deal_id')}, activity "
+            f"{result.get('system_activity_id')} (rolled back: nothing kept in the CRM)",
         )
 
 

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Engine
 
-from common.envelope import Envelope, EnvelopeError
+from common.envelope import Envelope, EnvelopeError, is_smoke_test
 from common.providers import PROVIDERS, event_time
 from common.settings import get_settings
 from db import events
@@ -94,6 +94,14 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
         return Outcome("ignored", result)
     if effect == STORE_ONLY:
         result = effects.result("stored")  # the webhook_events row is the whole effect
+    elif is_smoke_test(envelope):
+        # Every statement runs, then the CRM rows go: the event row says it was a smoke test.
+        savepoint = conn.begin_nested()
+        try:
+            result = _HANDLERS[envelope.provider](conn, envelope, effect)
+        finally:
+            savepoint.rollback()
+        result |= {"smoke_test": "applied, then rolled back: no CRM rows kept"}
     else:
         result = _HANDLERS[envelope.provider](conn, envelope, effect)
     result |= timing

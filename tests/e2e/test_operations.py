@@ -133,8 +133,8 @@ def _command(name: str, *args: str, env: dict[str, str]) -> subprocess.Completed
     )  # fmt: skip
 
 
-def test_crm_smoke_passes_against_the_stack(
-    stack: str, stack_env: dict[str, str], reader_token: str
+def test_crm_smoke_passes_against_the_stack_and_leaves_no_crm_rows(
+    stack: str, stack_env: dict[str, str], reader_token: str, superuser_engine: Engine
 ) -> None:
     done = _command(
         "crm-smoke", "--url", stack, "--secret", INSTANTLY_SECRET, "--token", reader_token,
@@ -144,6 +144,13 @@ def test_crm_smoke_passes_against_the_stack(
     lines = done.stdout.splitlines()
     assert [line[:4] for line in lines] == ["ok  "] * 3
     assert "202" in lines[0] and "409" in lines[1] and "deal" in lines[2]
+    # It proved the whole path and left nothing in the CRM; its event row says what it was.
+    for table in ("contacts", "deals", "activities"):
+        kept = scalar(superuser_engine, f"SELECT count(*) FROM {table}")  # noqa: S608
+        assert kept == 0, f"crm-smoke left {kept} row(s) in {table}"
+    result = scalar(superuser_engine, "SELECT result FROM webhook_events")
+    assert result["smoke_test"].startswith("applied, then rolled back")
+    assert result["step"] == "E:deal_created_and_logged"
 
 
 def test_crm_smoke_fails_with_a_clear_line_on_a_wrong_secret(
