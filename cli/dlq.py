@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show", help="one dead letter: envelope, error, traceback")
     show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     replay = commands.add_parser(
         "replay", help="put dead letters' original envelopes back on the queue"
@@ -98,6 +99,18 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
 def _error_cell(row: dict[str, Any]) -> str:
     text = f"{row['error_class']}: {row['error_message']}".replace("\n", " ")
     return text if len(text) <= _ERROR_WIDTH else text[: _ERROR_WIDTH - 1] + "…"
+
+
+def _shown(row: dict[str, Any]) -> str:
+    """A dead letter for a person: its fields, the envelope as indented JSON, and the traceback
+    as the lines Python wrote (JSON would make it one escaped string)."""
+    fields = [f"{key:<15} {value}" for key, value in row.items() if key not in _LONG_FIELDS]
+    envelope = json.dumps(row.get("envelope"), indent=2)
+    trace = row.get("traceback") or "(none)"
+    return "\n".join([*fields, "envelope:", envelope, "traceback:", trace.rstrip()])
+
+
+_LONG_FIELDS = ("envelope", "traceback")
 
 
 def _replay(
@@ -171,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 if row is None:
                     print(f"crm-dlq: no dead letter {args.id}", file=sys.stderr)
                     return 1
-                print(json.dumps(row, indent=2))
+                print(json.dumps(row, indent=2) if args.json else _shown(row))
                 return 0
         replayer = Replayer(engine, client, settings.broker_visibility_timeout)
         actor = Actor(args.actor, "operator", "cli")

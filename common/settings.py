@@ -7,6 +7,7 @@ refuses to start on a missing or placeholder secret, naming the variable but nev
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -285,7 +286,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         app_env=_choice(env, "APP_ENV", base.app_env, APP_ENVS),
         log_level=_choice(env, "LOG_LEVEL", base.log_level, LOG_LEVELS),
-        log_format=_choice(env, "LOG_FORMAT", base.log_format, LOG_FORMATS),
+        # Unset: plain lines for a person at a terminal, JSON for a log collector.
+        log_format=_choice(
+            env, "LOG_FORMAT", "text" if sys.stdout.isatty() else base.log_format, LOG_FORMATS
+        ),
         pg_host=pg_host,
         pg_port=pg_port,
         pg_database=env.get("PG_DATABASE", "").strip() or base.pg_database,

@@ -167,7 +167,7 @@ async def receive_webhook(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     provider = PROVIDERS.get(request.path_params["provider"])
     if provider is None:
-        return error(404, "Unknown provider")
+        return error(404, f"Unknown provider; this service takes: {', '.join(sorted(PROVIDERS))}")
     if not _is_json(request.headers.get("content-type")):
         return error(415, "Content-Type must be application/json")
     try:

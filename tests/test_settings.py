@@ -3,6 +3,10 @@ errors that name the variable but never show its value."""
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,3 +262,23 @@ def test_production_names_every_missing_secret_at_once() -> None:
         assert name in message
     assert "PG_PASSWORD is" not in message  # the one that is set is not named
     assert "short" not in message.replace("placeholder", "")
+
+
+def _log_format_seen(stdout: int) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", "from common.settings import load_settings;"
+         " import sys; print(load_settings({}).log_format, file=sys.stderr)"],
+        stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stderr.strip()
+
+
+def test_log_format_defaults_to_text_on_a_terminal_and_json_elsewhere() -> None:
+    main, other = pty.openpty()  # a terminal of the test's own
+    try:
+        assert _log_format_seen(other) == "text"
+    finally:
+        os.close(main)
+        os.close(other)
+    assert _log_format_seen(subprocess.DEVNULL) == "json"
+    assert load_settings({"LOG_FORMAT": "json"}).log_format == "json"  # the setting wins

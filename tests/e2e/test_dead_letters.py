@@ -317,8 +317,15 @@ def test_dry_run_changes_nothing_and_discard_hides_but_keeps_the_row(
     )
     table = crm_dlq(stack_env, "list")
     assert "invalid_payload" in table.stdout and str(ids[1]) in table.stdout
-    shown = crm_dlq(stack_env, "show", str(ids[1]))
+    shown = crm_dlq(stack_env, "show", str(ids[1]), "--json")
     assert json.loads(shown.stdout)["envelope"]["event_id"] == events[1]
+    # For a person: the traceback as the lines Python wrote, not one escaped string.
+    read = crm_dlq(stack_env, "show", str(ids[1])).stdout
+    assert read.splitlines()[0].startswith("id ")
+    assert f'"event_id": "{events[1]}"' in read
+    trace = read.split("traceback:\n", 1)[1]
+    assert trace.startswith("Traceback (most recent call last):\n")
+    assert "\\n" not in trace
 
 
 def test_a_dry_run_reports_what_the_real_run_does_skips_included(

@@ -234,6 +234,7 @@ def test_unknown_provider_path_is_404(untouched: Quiet) -> None:
         f"{untouched.url}/webhooks/hubspot", content=raw, headers=signed_headers(raw)
     )
     _assert_error(response, 404, "provider")
+    assert response.json()["error"].endswith("this service takes: calcom, instantly")
     untouched.assert_nothing_left()
 
 
