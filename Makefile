@@ -11,11 +11,15 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+# pip's own chatter goes to .venv/install.log, shown whole if the install fails.
 $(STAMP): requirements.lock pyproject.toml
+	@echo "make: installing the locked Python packages into $(VENV) (the first time: about a minute)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@{ $(BIN)/python -m pip install --quiet --upgrade pip \
+		&& $(BIN)/python -m pip install --quiet -r requirements.lock \
+		&& $(BIN)/python -m pip install --quiet --no-deps -e . ; } > $(VENV)/install.log 2>&1 \
+		|| { cat $(VENV)/install.log; echo "make: the install failed (above)" >&2; exit 1; }
+	@echo "make: installed"
 	@touch $@
 
 install: $(STAMP) ## create .venv and install the locked dependencies

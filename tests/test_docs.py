@@ -19,3 +19,15 @@ def test_links_stay_inside_the_repository_and_resolve(document: Path) -> None:
         resolved = (document.parent / target).resolve()
         assert resolved.is_relative_to(ROOT), f"{document.name} links outside: {target}"
         assert resolved.exists(), f"{document.name} links to a missing file: {target}"
+
+
+def test_every_setting_is_in_the_readmes_configuration_section() -> None:
+    """What common/settings.py reads, the README names (its table, or the sentence after it
+    that sends the tuning and test-only ones to docs/OPERATIONS.md)."""
+    source = (ROOT / "common" / "settings.py").read_text()
+    read = set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source))
+    assert {"APP_ENV", "REDIS_URL", "TASK_MAX_WORKER_LOST", "PG_LOCK_TIMEOUT_MS"} <= read
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(name for name in read if f"`{name}`" not in section)
+    assert not missing, f"settings the README's configuration section does not name: {missing}"
