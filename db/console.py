@@ -112,6 +112,29 @@ def recent_counts(conn: Connection) -> list[dict[str, Any]]:
     return _rows(conn.execute(query))
 
 
+def per_minute(conn: Connection) -> dict[str, dict[Any, int]]:
+    """The last day, minute by minute: events received by status (`received:<status>`) and dead
+    letters opened (`opened`), each {minute: count}. One indexed range scan each."""
+    day = func.now() - func.make_interval(0, 0, 0, 1)
+    minute = func.date_trunc("minute", webhook_events.c.received_at)
+    found: dict[str, dict[Any, int]] = {}
+    received = conn.execute(
+        select(minute, webhook_events.c.status, func.count())
+        .where(webhook_events.c.received_at >= day)
+        .group_by(minute, webhook_events.c.status)
+    )
+    for at, status, count in received:
+        found.setdefault(f"received:{status}", {})[at] = int(count)
+    opened_minute = func.date_trunc("minute", dead_letters.c.first_failed_at)
+    opened = conn.execute(
+        select(opened_minute, func.count())
+        .where(dead_letters.c.first_failed_at >= day)
+        .group_by(opened_minute)
+    )
+    found["opened"] = {at: int(count) for at, count in opened}
+    return found
+
+
 def last_failures(conn: Connection, *, limit: int = 10) -> list[dict[str, Any]]:
     query = (
         select(

@@ -140,6 +140,7 @@ def _look_after_in_flight() -> None:
     grace = settings.broker_visibility_timeout
     client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=10)
     renewed = swept = time.monotonic()
+    recorded_minute = -1
     failing = False
     try:
         while not _sweeper_stop.wait(_RELEASE_INTERVAL):
@@ -149,6 +150,9 @@ def _look_after_in_flight() -> None:
                 if now - renewed >= _RENEW_INTERVAL:
                     queue.hold(client, _held_by_consumer(), seconds=BATCH_LEASE_SECONDS)
                     renewed = now
+                if int(time.time()) // 60 != recorded_minute:  # the console's depth picture
+                    queue.record_depth(client)
+                    recorded_minute = int(time.time()) // 60
                 if now - swept >= _sweep_interval():
                     swept = now
                     lost = queue.sweep(client, grace_seconds=grace)

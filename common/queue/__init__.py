@@ -67,6 +67,7 @@ __all__ = [
     "QueuedTask",
     "begin",
     "depth",
+    "depth_history",
     "end",
     "enqueue",
     "forget",
@@ -78,6 +79,7 @@ __all__ = [
     "parked",
     "parked_count",
     "queued_envelope",
+    "record_depth",
     "release",
     "requeue",
     "sweep",
@@ -478,6 +480,35 @@ def sweep(client: redis.Redis, *, grace_seconds: int, batch: int = 500) -> int:
 class InFlight:
     count: int  # accepted events not yet committed
     overdue: int  # of those, past due: their holder died (or the sweep has not run yet)
+
+
+DEPTH_HISTORY_KEY = "crm:history:depth"  # "<minute>:<depth>" scored by the minute (a day kept)
+_DAY_SECONDS = 24 * 3600
+
+
+def record_depth(client: redis.Redis) -> None:
+    """Note this minute's queue depth, for the console's picture of the last day. Every worker
+    notes it; the picture takes the largest of a minute."""
+    minute = int(time.time()) // 60 * 60
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(QUEUE_NAME)
+    depth = pipe.execute()[0]
+    pipe.zadd(DEPTH_HISTORY_KEY, {f"{minute}:{depth}": minute})
+    pipe.zremrangebyscore(DEPTH_HISTORY_KEY, "-inf", minute - _DAY_SECONDS)
+    pipe.execute()
+
+
+async def depth_history(client: aioredis.Redis) -> dict[datetime, int]:
+    """The queue's depth by minute over the last day, as recorded (the largest of a minute)."""
+    since = int(time.time()) - _DAY_SECONDS
+    history: dict[datetime, int] = {}
+    for member in await client.zrangebyscore(DEPTH_HISTORY_KEY, since, "+inf"):
+        minute, _, depth = (
+            member.decode() if isinstance(member, bytes) else str(member)
+        ).partition(":")
+        at = datetime.fromtimestamp(int(minute), tz=UTC)
+        history[at] = max(history.get(at, 0), int(depth))
+    return history
 
 
 def in_flight(client: redis.Redis) -> InFlight:

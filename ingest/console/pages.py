@@ -8,11 +8,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+from markupsafe import Markup
+from redis.exceptions import RedisError
 from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -20,13 +22,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from common import overview
+from common import overview, queue
 from common.providers import PROVIDERS
 from common.replay import ANY_STATUS, filters_from, parse_time, text_filter
 from common.settings import Settings
 from db import audit, console, dead_letters
 from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
 from ingest.admin import dead_letter_id_of, parse_id
+from ingest.console import charts
 from ingest.console.session import Session, guarded
 from ingest.status import engine
 
@@ -142,15 +145,77 @@ async def overview_page(request: Request, session: Session) -> Response:
         workers=lambda: _PINGS.latest(settings.celery_broker_url),
     )
     extra = await guarded_query(
-        request, session, lambda conn: (console.recent_counts(conn), console.last_failures(conn))
+        request,
+        session,
+        lambda conn: (
+            console.recent_counts(conn),
+            console.last_failures(conn),
+            console.per_minute(conn),
+        ),
     )
     if isinstance(extra, Response):
-        extra = ([], [])
-    counts, failures = extra
+        extra = ([], [], {})
+    counts, failures, minutes = extra
+    try:
+        minutes["depth"] = await queue.depth_history(request.app.state.redis)
+    except RedisError:
+        minutes["depth"] = {}
     return render(
         request, "overview.html", session, "Overview", o=snapshot, counts=counts,
         failures=failures, workers_note="none answered a ping", refresh=30,
+        pictures=_pictures(minutes),
     )  # fmt: skip
+
+
+_STATUS_ORDER = ("processed", "ignored", "queued", "dead")
+
+
+def _binned(
+    values: dict[datetime, int], step: timedelta, *, largest: bool = False
+) -> dict[datetime, int]:
+    """Minute counts summed (or, `largest`, the most of them) into bars of `step`."""
+    seconds = int(step.total_seconds())
+    out: dict[datetime, int] = {}
+    for at, count in values.items():
+        key = datetime.fromtimestamp(int(at.timestamp()) // seconds * seconds, tz=UTC)
+        out[key] = max(out.get(key, 0), count) if largest else out.get(key, 0) + count
+    return out
+
+
+def _pictures(minutes: dict[str, dict[datetime, int]]) -> list[tuple[str, list[Markup]]]:
+    """The last hour minute by minute, and the last day in 20-minute bars: events received by
+    status, dead letters opened, the queue's depth (its largest in a bar)."""
+    now = datetime.now(UTC)
+    shown = []
+    for title, span, step in (
+        ("Last hour", timedelta(hours=1), timedelta(minutes=1)),
+        ("Last day", timedelta(days=1), timedelta(minutes=20)),
+    ):
+        starts = charts.buckets(now, span, step)
+        received = {
+            status: _binned(minutes.get(f"received:{status}", {}), step) for status in _STATUS_ORDER
+        }
+        shown.append(
+            (
+                title,
+                [
+                    charts.stacked_bars("Events received, by status", starts, received, step),
+                    charts.stacked_bars(
+                        "Dead letters opened",
+                        starts,
+                        {"opened": _binned(minutes.get("opened", {}), step)},
+                        step,
+                    ),
+                    charts.stacked_bars(
+                        "Queue depth",
+                        starts,
+                        {"depth": _binned(minutes.get("depth", {}), step, largest=True)},
+                        step,
+                    ),
+                ],
+            )
+        )
+    return shown
 
 
 def _text(

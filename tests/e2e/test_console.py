@@ -344,3 +344,33 @@ def test_the_lead_page_tells_the_story_in_the_order_it_happened(
         page = client.get("/console/leads", params={"email": lead}).text
     assert page.index("Re: first") < page.index("Re: second")
     assert "2026-12-01" in page and "2026-12-02" in page
+
+
+def test_the_overview_draws_the_last_hour_and_day_as_pictures(
+    stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    sent = []
+    for i in range(3):
+        raw = encode(reply(f"picture{i}@example.org"))
+        answer = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+        sent.append(answer.json()["event_id"])
+    wait_processed(superuser_engine, sent)
+    [letter] = dead_letters_of(stack, superuser_engine, [reply("picture.dead@example.org")])
+    with signed_in(stack, settings, role="reader") as client:
+        page = client.get("/console")
+    assert page.status_code == 200
+    html_text = page.text
+    assert html_text.count('<svg class="chart"') == 6  # 3 pictures, last hour and last day
+    assert "<h2>Last hour</h2>" in html_text and "<h2>Last day</h2>" in html_text
+    # Each bar says what it holds (a spike is a bar, not a number to read); the last hour's
+    # bars add up to what was sent, whichever minutes they fell in.
+    last_hour = html_text.split("<h2>Last hour</h2>", 1)[1].split("<h2>Last day</h2>", 1)[0]
+
+    def total(name: str) -> int:
+        found = re.findall(rf"<title>\d\d:\d\d {name}: (\d+)</title>", last_hour)
+        return sum(int(count) for count in found)
+
+    assert (total("processed"), total("dead"), total("opened")) == (3, 1, 1)
+    assert "<title>Queue depth</title>" in html_text
+    assert "<script" not in html_text and "style=" not in html_text  # the CSP allows neither
+    assert letter
