@@ -111,24 +111,29 @@ async def guarded_query(
 
 class _WorkerPing:
     """The workers' last answer to a ping, refreshed in the background at most every few
-    seconds: a broadcast ping waits its whole timeout, which no page should."""
+    seconds: a broadcast ping waits its whole timeout, which no page should — except the first,
+    which waits for the first answer so that the page arrives complete."""
 
     MAX_AGE_SECONDS = 10.0
+    PING_SECONDS = 0.5
 
     def __init__(self) -> None:
         self.workers: list[str] | None = None
         self.asked_at = -self.MAX_AGE_SECONDS
         self._lock = threading.Lock()
+        self._answered = threading.Event()
 
     def latest(self, broker_url: str) -> list[str] | None:
         with self._lock:
             if time.monotonic() - self.asked_at > self.MAX_AGE_SECONDS:
                 self.asked_at = time.monotonic()
                 threading.Thread(target=self._ask, args=(broker_url,), daemon=True).start()
+        self._answered.wait(timeout=self.PING_SECONDS * 2)  # at once once it has an answer
         return self.workers
 
     def _ask(self, broker_url: str) -> None:
-        self.workers = overview.ping_workers(broker_url, timeout=0.5)
+        self.workers = overview.ping_workers(broker_url, timeout=self.PING_SECONDS)
+        self._answered.set()
 
 
 _PINGS = _WorkerPing()

@@ -374,3 +374,17 @@ def test_the_overview_draws_the_last_hour_and_day_as_pictures(
     assert "<title>Queue depth</title>" in html_text
     assert "<script" not in html_text and "style=" not in html_text  # the CSP allows neither
     assert letter
+
+
+def test_the_first_overview_arrives_complete_with_its_workers(
+    isolated: IsolatedStack, settings: Settings
+) -> None:
+    isolated.worker()
+    _, url = isolated.receiver()  # a fresh receiver: nobody has asked the workers yet
+    with signed_in(url, settings, role="reader") as client:
+        page = client.get("/console").text
+    assert "asking…" not in page
+    workers = re.search(
+        r'<span class="label">Workers</span><span class="figure">(\S+)</span>', page
+    )
+    assert workers and workers.group(1) == "1", page
