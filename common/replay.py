@@ -206,6 +206,21 @@ def _plain_filters(filters: dead_letters.Filters) -> dict[str, object]:
     }
 
 
+# What to do about each reason, in one line: the console shows it beside every dead letter.
+WHAT_TO_DO = {
+    "invalid_payload": "The sender sent something unusable: fix the sender, then discard these.",
+    "config_error": "The pipeline or stage the event needs is missing: fix the seed or the "
+    "pipeline, then replay all with this reason.",
+    "unknown_provider": "Queued for a sender this service does not know: discard.",
+    "retries_exhausted": "PostgreSQL kept failing: once it is healthy, replay all with this "
+    "reason.",
+    "processing_error": "A bug: the traceback is stored. Fix it, deploy, then replay.",
+    "worker_lost": "The worker process died applying it (an OOM kill, a crash): look in the "
+    "worker's log around the event id, fix the cause, then replay one to check.",
+    "unstorable": "PostgreSQL refused the full row (a value no index can hold): the envelope "
+    "is kept as text. Fix the sender, then discard.",
+}
+
 MAX_LIMIT = 1000
 ANY_STATUS = "all"  # a status filter that matches every status
 

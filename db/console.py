@@ -200,16 +200,33 @@ def dead_letter_page(
 
 
 def count_matching(conn: Connection, filters: dead_letter_queries.Filters) -> dict[str, int]:
-    """How many dead letters match, and how many of them a replay would skip (discarded)."""
+    """How many dead letters match, and how many of them a replay would skip (not open:
+    discarded, or replayed already)."""
     query = dead_letter_queries.matching(
         select(
             func.count().label("matched"),
-            func.count().filter(dead_letters.c.status == "discarded").label("skipped"),
+            func.count().filter(dead_letters.c.status != "open").label("skipped"),
         ),
         filters,
     )
     row = conn.execute(query).one()
     return {"matched": int(row.matched), "skipped": int(row.skipped)}
+
+
+def dead_letter_choices(conn: Connection) -> dict[str, list[str]]:
+    """The providers, reasons and error classes dead letters have: the console's filters offer
+    these, not free text."""
+    found: dict[str, set[str]] = {"provider": set(), "reason": set(), "error_class": set()}
+    rows = conn.execute(
+        select(
+            dead_letters.c.provider, dead_letters.c.reason, dead_letters.c.error_class
+        ).distinct()
+    )
+    for provider, reason, error_class in rows:
+        found["provider"].add(provider)
+        found["reason"].add(reason)
+        found["error_class"].add(error_class)
+    return {name: sorted(values) for name, values in found.items()}
 
 
 def lead(conn: Connection, *, email: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ changed), and the worker's durable guard would make a repeat harmless anyway."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -26,13 +27,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from common.replay import Actor, Outcome, Replayer, Summary
+from common.replay import WHAT_TO_DO, Actor, Outcome, Replayer, Summary
 from common.settings import Settings
 from db import console, dead_letters
 from ingest.admin import dead_letter_id_of, replayer
 from ingest.console import session as sessions
 from ingest.console.pages import (
     FILTER_FIELDS,
+    PAGE_SIZE,
     BadInput,
     dead_letter_filters,
     failure,
@@ -100,8 +102,15 @@ async def replay_matching(request: Request, session: Session) -> Response:
         filters = dead_letter_filters(params)
     except BadInput as exc:
         return failure(request, 400, str(exc), session)
+    open_ones = dataclasses.replace(filters, status="open")  # only an open one is replayed
     try:
-        counts = await query(request, lambda conn: console.count_matching(conn, filters))
+        counts, preview = await query(
+            request,
+            lambda conn: (
+                console.count_matching(conn, filters),
+                console.dead_letter_page(conn, open_ones, limit=PAGE_SIZE),
+            ),
+        )
     except SQLAlchemyError:
         return failure(request, 503, "The database is unavailable; retry later", session)
     fields = [(name, value) for name, value in params.items() if value]
@@ -111,7 +120,7 @@ async def replay_matching(request: Request, session: Session) -> Response:
         return render(
             request, "confirm.html", session, "Replay all that match", matched=counts["matched"],
             skipped=counts["skipped"], would_replay=counts["matched"] - counts["skipped"],
-            filter_fields=fields,
+            filter_fields=fields, preview=preview, what_to_do=WHAT_TO_DO,
             notice="The matches changed since the dry run; check the number again."
             if expected else None,
         )  # fmt: skip

@@ -24,9 +24,9 @@ from starlette.templating import Jinja2Templates
 
 from common import overview, queue
 from common.providers import PROVIDERS
-from common.replay import ANY_STATUS, filters_from, parse_time, text_filter
+from common.replay import ANY_STATUS, WHAT_TO_DO, filters_from, parse_time, text_filter
 from common.settings import Settings
-from db import audit, console, dead_letters
+from db import audit, console, dead_letters, events
 from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
 from ingest.admin import dead_letter_id_of, parse_id
 from ingest.console import charts
@@ -365,15 +365,15 @@ async def dead_letters_page(request: Request, session: Session) -> Response:
     except BadInput as exc:
         return failure(request, 400, str(exc), session)
 
-    def load(conn: Connection) -> tuple[Any, Any]:
+    def load(conn: Connection) -> tuple[Any, Any, Any]:
         groups = console.dead_letter_groups(conn, status=filters.status)
         rows = console.dead_letter_page(conn, filters, before_id=before_id, limit=PAGE_SIZE)
-        return groups, rows
+        return groups, rows, console.dead_letter_choices(conn)
 
     loaded = await guarded_query(request, session, load)
     if isinstance(loaded, Response):
         return loaded
-    groups, rows = loaded
+    groups, rows, choices = loaded
     next_page = None
     if len(rows) == PAGE_SIZE:
         next_page = _next_link("/console/dead-letters", params, before_id=str(rows[-1]["id"]))
@@ -382,7 +382,7 @@ async def dead_letters_page(request: Request, session: Session) -> Response:
     return render(
         request, "dead_letters.html", session, "Dead letters", groups=groups, rows=rows,
         form=form, statuses=(*DEAD_LETTER_STATUSES, ANY_STATUS), next_page=next_page,
-        filter_fields=filter_fields,
+        filter_fields=filter_fields, choices=choices, what_to_do=WHAT_TO_DO,
     )  # fmt: skip
 
 
@@ -401,21 +401,25 @@ async def dead_letter_page(request: Request, session: Session) -> Response:
     if letter_id is None:
         return failure(request, 404, "No such dead letter", session)
 
-    def load(conn: Connection) -> tuple[Any, Any]:
+    def load(conn: Connection) -> tuple[Any, Any, Any]:
         found = dead_letters.get_dead_letter(conn, dead_letter_id=letter_id)
-        history = audit.for_dead_letter(conn, dead_letter_id=letter_id) if found else []
-        return found, history
+        if found is None:
+            return None, [], None
+        history = audit.for_dead_letter(conn, dead_letter_id=letter_id)
+        event = events.get_event(conn, event_id=uuid.UUID(found["event_id"]))
+        return found, history, event
 
     loaded = await guarded_query(request, session, load)
     if isinstance(loaded, Response):
         return loaded
-    found, history = loaded
+    found, history, event = loaded
     if found is None:
         return failure(request, 404, "No such dead letter", session)
     return render(
         request, "dead_letter.html", session, f"Dead letter #{letter_id}", d=found,
         history=history, envelope_json=json.dumps(found["envelope"], indent=2, ensure_ascii=False),
-        notice=_NOTICES.get(request.query_params.get("done", "")),
+        notice=_NOTICES.get(request.query_params.get("done", "")), event=event,
+        what_to_do=WHAT_TO_DO.get(found["reason"], ""),
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from common.settings import Settings
 from common.tokens import issue_token
 from tests.e2e.console_helpers import csrf_of, dead_letters_of, leads, link, signed_in
 from tests.e2e.stack import ROOT, IsolatedStack, Process, scalar, wait_processed
+from tests.helpers import wait_for
 from tests.payloads import encode, reply, signed_headers
 
 pytestmark = pytest.mark.e2e
@@ -388,3 +389,47 @@ def test_the_first_overview_arrives_complete_with_its_workers(
         r'<span class="label">Workers</span><span class="figure">(\S+)</span>', page
     )
     assert workers and workers.group(1) == "1", page
+
+
+def test_dead_letters_guide_the_admin_from_filter_to_replay_to_outcome(
+    stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    letters = dead_letters_of(stack, superuser_engine, leads(3, "guide"))
+    with signed_in(stack, settings, role="admin") as admin:
+        listing = admin.get("/console/dead-letters").text
+        # The filters offer what exists, not free text.
+        assert (
+            '<select name="reason"><option value="">any</option><option value="config_error"'
+            in (listing)
+        )
+        assert (
+            '<select name="error_class"><option value="">any</option><option value="ConfigError"'
+            in (listing)
+        )
+        # Each reason says what to do.
+        assert "fix the seed or the pipeline, then replay all with this reason" in listing
+
+        preview = admin.post(
+            "/console/dead-letters/replay",
+            data={"csrf": csrf_of(listing), "status": "open", "reason": "config_error"},
+        )
+        assert preview.status_code == 200
+        for letter in letters:  # the dry run lists what it will replay
+            assert f'href="/console/dead-letters/{letter}">#{letter}</a>' in preview.text
+
+        page = f"/console/dead-letters/{letters[0]}"
+        shown = admin.get(page).text
+        assert 'id="what-to-do"' in shown
+        done = admin.post(f"{page}/replay", data={"csrf": csrf_of(shown)})
+        assert done.status_code == 303
+
+        def says_processed() -> bool:
+            return "Replayed, and the event is processed now." in admin.get(page).text
+
+        wait_for(says_processed, timeout=30, message="the page never said what became of it")
+        after = admin.get(page).text
+        assert 'id="replay"' not in after  # no second replay of a replayed one
+        event_id = scalar(
+            superuser_engine, "SELECT event_id FROM dead_letters WHERE id = :i", i=letters[0]
+        )
+        assert f'href="/console/events/{event_id}"' in after
