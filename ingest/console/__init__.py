@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest.console import actions, pages
+from ingest.console import actions, export, pages
 from ingest.console.session import SECURITY_HEADERS
 
 _HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
@@ -47,6 +47,9 @@ routes = [
     Route("/console/sign-out", actions.sign_out, methods=["POST"]),
     Route("/console/sign-out-everywhere", actions.sign_out_everywhere, methods=["POST"]),
     Route("/console/events", pages.events_page, methods=["GET"]),
+    Route("/console/events.csv", export.events_csv, methods=["GET"]),
+    Route("/console/dead-letters.csv", export.dead_letters_csv, methods=["GET"]),
+    Route("/console/audit.csv", export.audit_csv, methods=["GET"]),
     Route("/console/events/{event_id}", pages.event_page, methods=["GET"]),
     Route("/console/leads", pages.lead_page, methods=["GET"]),
     Route("/console/dead-letters", pages.dead_letters_page, methods=["GET"]),

@@ -3,7 +3,9 @@ payloads shown as text, bad input as pages, and no token or session id in any lo
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import re
 import subprocess
@@ -433,3 +435,40 @@ def test_dead_letters_guide_the_admin_from_filter_to_replay_to_outcome(
             superuser_engine, "SELECT event_id FROM dead_letters WHERE id = :i", i=letters[0]
         )
         assert f'href="/console/events/{event_id}"' in after
+
+
+def test_lists_download_as_csv_for_their_filter_with_formulas_neutralised(
+    stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    formula = '=HYPERLINK("http://evil.example","click")'
+    sent = []
+    for lead in ("csv.one@example.org", "csv.two@example.org"):
+        raw = encode(reply(lead, event_type="lead_interested"))
+        answer = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+        sent.append(answer.json()["event_id"])
+    raw = encode(reply("csv.formula@example.org", event_type=formula))
+    answer = httpx.post(f"{stack}/webhooks/instantly", content=raw, headers=signed_headers(raw))
+    sent.append(answer.json()["event_id"])
+    wait_processed(superuser_engine, sent)
+    with signed_in(stack, settings, role="reader") as client:
+        events_page = client.get("/console/events", params={"event_type": "lead_interested"}).text
+        assert 'href="/console/events.csv?event_type=lead_interested"' in events_page
+        answer = client.get("/console/events.csv", params={"event_type": "lead_interested"})
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/csv")
+        assert (
+            'filename="events_event_type-lead_interested.csv"'
+            in answer.headers["content-disposition"]
+        )
+        rows = list(csv.reader(io.StringIO(answer.text)))
+        assert rows[0][:3] == ["id", "received_at", "occurred_at"]
+        assert sorted(row[8] for row in rows[1:]) == ["csv.one@example.org", "csv.two@example.org"]
+        every = list(csv.reader(io.StringIO(client.get("/console/events.csv").text)))
+        [tricky] = [row for row in every[1:] if row[8] == "csv.formula@example.org"]
+        assert tricky[4] == "'" + formula  # a spreadsheet shows it as text, never runs it
+        assert client.get("/console/events.csv", params={"status": "nope"}).status_code == 400
+        audit_csv = client.get("/console/audit.csv")
+        assert audit_csv.status_code == 200 and audit_csv.text.startswith("id,created_at,actor")
+        letters = client.get("/console/dead-letters.csv", params={"status": "all"})
+        assert letters.status_code == 200 and letters.text.startswith("id,last_failed_at")
+    assert httpx.get(f"{stack}/console/events.csv").status_code == 401  # signed in only
