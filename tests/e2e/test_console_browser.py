@@ -160,3 +160,38 @@ def test_a_reader_sees_no_action(
     assert page.locator("#discard").count() == 0
     page.goto(f"{stack}/console/dead-letters")
     assert page.locator("#replay-all").count() == 0
+
+
+def test_the_overview_pictures_render_and_headers_never_break_mid_word(
+    page: Page, stack: str, settings: Settings, superuser_engine: Engine
+) -> None:
+    queue_reply_via(stack, superuser_engine, "pictures@browser.example.com")
+    dead_letters_of(stack, superuser_engine, leads(2, "narrow"))
+    page.set_viewport_size({"width": 760, "height": 900})  # a narrow window squeezes tables
+    page.goto(link(stack, settings, role="admin"))
+    charts = page.locator("svg.chart")
+    assert charts.count() == 6
+    for index in range(charts.count()):
+        box = charts.nth(index).bounding_box()
+        assert box and box["width"] > 200 and box["height"] > 60  # drawn, not empty
+    assert page.locator("svg.chart rect").count() >= 3  # bars for what just happened
+    for path in ("/console", "/console/dead-letters?status=all", "/console/events"):
+        page.goto(f"{stack}{path}")
+        # Each header cell and each link in a table stays on one line: none is cut mid-word.
+        broken = page.evaluate(
+            """() => [...document.querySelectorAll('th, td a')].filter(cell => {
+                   const range = document.createRange();
+                   range.selectNodeContents(cell);
+                   const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+                   return lines.size > 1;
+               }).map(cell => cell.innerText)"""
+        )
+        assert broken == [], f"{path}: {broken}"
+    page.goto(f"{stack}/console/dead-letters")
+    assert page.locator("select[name=reason] option").all_inner_texts() == ["any", "config_error"]
+    page.select_option("select[name=reason]", "config_error")
+    page.click("form.filters button[type=submit]")
+    assert "reason=config_error" in page.url
+    with page.expect_download() as download:
+        page.click("#csv")
+    assert download.value.suggested_filename.startswith("dead-letters_reason-config_error")
