@@ -87,7 +87,7 @@ def main() -> int:
     log_dir.mkdir(exist_ok=True)
     client = redis.Redis.from_url(settings.redis_url)
     client.flushdb()
-    bootstrap(settings, echo=lambda _: None)
+    bootstrap(settings, echo=lambda _: None, create_database=True)
     engine = create_engine(superuser_url(settings, database=database), poolclass=pool.NullPool)
     children: list[Child] = []
     try:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT, LEFT, BOTTOM = 640, 130, 34, 18
+WIDTH, HEIGHT, LEFT, BOTTOM = 390, 130, 34, 18  # three side by side in the console
 # One colour per series, in the order they stack; the legend uses the same.
 COLOURS = {
     "processed": "#1a7f37",
@@ -55,8 +55,10 @@ def stacked_bars(
                 f' height="{height:.1f}" fill="{COLOURS.get(name, "#5b6475")}">'
                 f"<title>{when} {escape(name)}: {count}</title></rect>"
             )
-    first = starts[0].strftime("%H:%M") if starts else ""
-    last = (starts[-1] + step).strftime("%H:%M") if starts else ""
+    # Bars of ten minutes or more span a day: their ends say which day too.
+    fmt = "%b %d %H:%M" if step >= timedelta(minutes=10) else "%H:%M"
+    first = starts[0].strftime(fmt) if starts else ""
+    last = (starts[-1] + step).strftime(fmt) if starts else ""
     legend = " ".join(
         f'<tspan fill="{COLOURS.get(name, "#5b6475")}">■ {escape(name)}</tspan>' for name in series
     )

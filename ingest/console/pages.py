@@ -187,7 +187,9 @@ def _binned(
     return out
 
 
-def _pictures(minutes: dict[str, dict[datetime, int]]) -> list[tuple[str, list[Markup]]]:
+def _pictures(
+    minutes: dict[str, dict[datetime, int]],
+) -> list[tuple[str, list[tuple[str, Markup]]]]:
     """The last hour minute by minute, and the last day in 20-minute bars: events received by
     status, dead letters opened, the queue's depth (its largest in a bar)."""
     now = datetime.now(UTC)
@@ -200,23 +202,17 @@ def _pictures(minutes: dict[str, dict[datetime, int]]) -> list[tuple[str, list[M
         received = {
             status: _binned(minutes.get(f"received:{status}", {}), step) for status in _STATUS_ORDER
         }
+        drawn = {
+            "Events received, by status": received,
+            "Dead letters opened": {"opened": _binned(minutes.get("opened", {}), step)},
+            "Queue depth": {"depth": _binned(minutes.get("depth", {}), step, largest=True)},
+        }
         shown.append(
             (
                 title,
                 [
-                    charts.stacked_bars("Events received, by status", starts, received, step),
-                    charts.stacked_bars(
-                        "Dead letters opened",
-                        starts,
-                        {"opened": _binned(minutes.get("opened", {}), step)},
-                        step,
-                    ),
-                    charts.stacked_bars(
-                        "Queue depth",
-                        starts,
-                        {"depth": _binned(minutes.get("depth", {}), step, largest=True)},
-                        step,
-                    ),
+                    (caption, charts.stacked_bars(caption, starts, series, step))
+                    for caption, series in drawn.items()
                 ],
             )
         )
