@@ -94,6 +94,7 @@ def test_a_dead_letter_replayed_from_its_page_becomes_rows(
     page.goto(link(stack, settings))
     page.goto(f"{stack}/console/dead-letters/{letter}")
     assert "config_error" in page.inner_text("main")
+    assert "fix the seed or the pipeline" in page.inner_text("#what-to-do")
     page.click("#replay")
     assert "Replayed" in page.inner_text(".notice")
     wait_for(
@@ -103,6 +104,11 @@ def test_a_dead_letter_replayed_from_its_page_becomes_rows(
     )
     page.reload()
     assert "tests (admin, console)" in page.inner_text("main")  # its history
+    # What became of it, with the way to the event; no second replay of a replayed one.
+    assert page.inner_text("#replay-outcome").startswith("Replayed, and the event is processed")
+    assert page.locator("#replay").count() == 0
+    page.click("#replay-outcome a")
+    assert "/console/events/" in page.url
 
 
 def test_replay_all_that_match_replays_every_one_once_and_is_audited(
@@ -114,6 +120,9 @@ def test_replay_all_that_match_replays_every_one_once_and_is_audited(
     assert page.locator("table").nth(1).locator("tr").count() == 51  # a page of 50, and more
     page.click("#replay-all")
     assert page.inner_text("#would-replay") == "250"
+    # The dry run lists what it will replay: the first page, and how many in all.
+    assert page.locator("#preview tr").count() == 51
+    assert "The first 50 of 250" in page.inner_text("main")
     page.click("#confirm")
     assert page.url.startswith(f"{stack}/console/jobs/")
 
