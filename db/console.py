@@ -5,7 +5,7 @@ index of migration 006 (or older), so pages stay fast on large tables."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -93,46 +93,49 @@ def event(conn: Connection, *, event_id: UUID) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
-def recent_counts(conn: Connection) -> list[dict[str, Any]]:
-    """Events of the last hour and of the last day by provider, type and status."""
-    hour = func.now() - func.make_interval(0, 0, 0, 0, 1)
+def last_day(conn: Connection) -> tuple[list[dict[str, Any]], dict[str, dict[Any, int]]]:
+    """The last day's events, from one scan: their counts by provider, type and status for the
+    last hour and the day (the overview's table), and minute by minute what was received by
+    status (`received:<status>`) and how many dead letters were opened (`opened`), each
+    {minute: count} (its pictures)."""
     day = func.now() - func.make_interval(0, 0, 0, 1)
-    query = (
+    hour = datetime.now(UTC) - timedelta(hours=1)
+    minute = func.date_trunc("minute", webhook_events.c.received_at)
+    rows = conn.execute(
         select(
             webhook_events.c.provider,
             webhook_events.c.event_type,
             webhook_events.c.status,
-            func.count().filter(webhook_events.c.received_at >= hour).label("last_hour"),
-            func.count().label("last_day"),
+            minute,
+            func.count(),
         )
         .where(webhook_events.c.received_at >= day)
-        .group_by(webhook_events.c.provider, webhook_events.c.event_type, webhook_events.c.status)
-        .order_by(func.count().desc())
+        .group_by(
+            webhook_events.c.provider, webhook_events.c.event_type, webhook_events.c.status, minute
+        )
     )
-    return _rows(conn.execute(query))
-
-
-def per_minute(conn: Connection) -> dict[str, dict[Any, int]]:
-    """The last day, minute by minute: events received by status (`received:<status>`) and dead
-    letters opened (`opened`), each {minute: count}. One indexed range scan each."""
-    day = func.now() - func.make_interval(0, 0, 0, 1)
-    minute = func.date_trunc("minute", webhook_events.c.received_at)
-    found: dict[str, dict[Any, int]] = {}
-    received = conn.execute(
-        select(minute, webhook_events.c.status, func.count())
-        .where(webhook_events.c.received_at >= day)
-        .group_by(minute, webhook_events.c.status)
-    )
-    for at, status, count in received:
-        found.setdefault(f"received:{status}", {})[at] = int(count)
+    counts: dict[tuple[str, str, str], dict[str, Any]] = {}
+    minutes: dict[str, dict[Any, int]] = {}
+    for provider, event_type, status, at, count in rows:
+        row = counts.setdefault(
+            (provider, event_type, status),
+            {"provider": provider, "event_type": event_type, "status": status,
+             "last_hour": 0, "last_day": 0},
+        )  # fmt: skip
+        row["last_day"] += count
+        if at + timedelta(minutes=1) > hour:  # a minute that reaches into the last hour
+            row["last_hour"] += count
+        received = minutes.setdefault(f"received:{status}", {})
+        received[at] = received.get(at, 0) + count
     opened_minute = func.date_trunc("minute", dead_letters.c.first_failed_at)
     opened = conn.execute(
         select(opened_minute, func.count())
         .where(dead_letters.c.first_failed_at >= day)
         .group_by(opened_minute)
     )
-    found["opened"] = {at: int(count) for at, count in opened}
-    return found
+    minutes["opened"] = {at: int(count) for at, count in opened}
+    table = sorted(counts.values(), key=lambda row: row["last_day"], reverse=True)
+    return table, minutes
 
 
 def last_failures(conn: Connection, *, limit: int = 10) -> list[dict[str, Any]]:

@@ -152,15 +152,11 @@ async def overview_page(request: Request, session: Session) -> Response:
     extra = await guarded_query(
         request,
         session,
-        lambda conn: (
-            console.recent_counts(conn),
-            console.last_failures(conn),
-            console.per_minute(conn),
-        ),
+        lambda conn: (console.last_day(conn), console.last_failures(conn)),
     )
     if isinstance(extra, Response):
-        extra = ([], [], {})
-    counts, failures, minutes = extra
+        extra = (([], {}), [])
+    (counts, minutes), failures = extra
     try:
         minutes["depth"] = await queue.depth_history(request.app.state.redis)
     except RedisError:
