@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.envelope import Envelope, EnvelopeError, describe
+from common.logging import printable
 from common.providers import event_time
 from db.engine import is_transient
 from db.tables import DEAD_LETTER_LEAD_EMAIL, FINAL_EVENT_STATUSES, dead_letters, webhook_events
@@ -235,14 +236,15 @@ def _write_minimal(
     attempts: int,
 ) -> int:
     """Nothing in it an index or a text column could refuse: the envelope as ASCII JSON text
-    inside an object (no payload path there to index), each value from the sender escaped to
-    printable ASCII and cut. The event row says `dead` too, when even a minimal one fits."""
+    inside an object (no payload path there to index), each value from the sender made
+    printable (NUL and lone surrogates escaped, as in a log line) and cut. The event row says
+    `dead` too, when even a minimal one fits."""
     parsed = _parsed(envelope)
     fields = describe(envelope)
     event_id = _event_id(parsed, task_id)
-    provider = _ascii(fields["provider"] or "unknown", _MINIMAL_TEXT)
-    event_type = _ascii(fields["event_type"] or "unknown", _MINIMAL_TEXT)
-    error = _ascii(error_message, 4000)
+    provider = printable(fields["provider"] or "unknown", _MINIMAL_TEXT)
+    event_type = printable(fields["event_type"] or "unknown", _MINIMAL_TEXT)
+    error = printable(error_message, 4000)
     with engine.begin() as conn:
         dead_letter_id = record(
             conn,
@@ -251,7 +253,7 @@ def _write_minimal(
             event_type=event_type,
             envelope={"unstorable": json.dumps(envelope, ensure_ascii=True, default=str)},
             reason="unstorable",
-            error_class=_ascii(error_class, _MINIMAL_TEXT),
+            error_class=printable(error_class, _MINIMAL_TEXT),
             error_message=error,
             traceback=None,
             attempts=attempts,
@@ -264,7 +266,7 @@ def _write_minimal(
                         event_id=event_id,
                         provider=provider,
                         event_type=event_type,
-                        idempotency_key=_ascii(parsed.idempotency_key, 255),
+                        idempotency_key=printable(parsed.idempotency_key, 255),
                         payload={},
                         received_at=datetime.fromisoformat(parsed.received_at),
                         attempts=attempts,
@@ -280,12 +282,6 @@ def _parsed(data: Any) -> Envelope | None:
         return Envelope.from_dict(data)
     except EnvelopeError:
         return None
-
-
-def _ascii(value: str, limit: int) -> str:
-    """`value` as printable ASCII (anything else escaped), at most `limit` characters."""
-    escaped = value.encode("ascii", "backslashreplace").decode()
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)[:limit]
 
 
 def _event_id(parsed: Envelope | None, task_id: str) -> UUID:
