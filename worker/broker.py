@@ -21,7 +21,8 @@ Two more things happen here because this is where Celery receives a message:
 - When Redis crashes, closing the lost connection restores the unacknowledged messages and
   kombu then needs a connection it no longer has (an AttributeError, not a connection error,
   which Celery's consumer does not survive: the worker's main process exited). The restore
-  is skipped instead; the leases above bring those messages back.
+  is skipped instead; the leases above bring those messages back. An acknowledgement that
+  meets the same closed channel is dropped with a warning: its event is committed already.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def patiently(what: str, write: Callable[[], T]) -> T:
         return result
 
 
+def _lost_channel(what: str) -> None:
+    # kombu again needs the connection of a channel a Redis crash closed (see the module's
+    # docstring). The event's outcome is committed and its in-flight record forgotten; the
+    # unacknowledged copy kombu keeps comes back after the visibility timeout, a no-op then.
+    logger.warning("%s on a broker connection that is gone was dropped", what)
+
+
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         patiently("the consumer", lambda: super(QoS, self).append(message, delivery_tag))
@@ -95,10 +103,16 @@ class QoS(kombu_redis.QoS):
             return None
 
     def ack(self, delivery_tag: str) -> None:
-        patiently("an acknowledgement", lambda: super(QoS, self).ack(delivery_tag))
+        try:
+            patiently("an acknowledgement", lambda: super(QoS, self).ack(delivery_tag))
+        except AttributeError:
+            _lost_channel("an acknowledgement")
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        patiently("a rejection", lambda: super(QoS, self).reject(delivery_tag, requeue))
+        try:
+            patiently("a rejection", lambda: super(QoS, self).reject(delivery_tag, requeue))
+        except AttributeError:
+            _lost_channel("a rejection")
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         try:
