@@ -42,7 +42,7 @@ async def _floor(
     request: Request, claim: Callable[[list[str], list[bytes]], Awaitable[Any]]
 ) -> Response:
     body = await request.body()
-    secret = request.app.state.settings.hmac_secrets_instantly[0].get().encode()
+    secret = request.app.state.settings.webhook_secrets("instantly")[0].get().encode()
     expected = hmac.digest(secret, body, "sha256").hex()  # as cheap as the receiver's HMAC
     given = request.headers.get("x-instantly-signature", "").removeprefix("sha256=")
     if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -21,6 +21,7 @@ import redis
 
 from cli import ports
 from common.queue import QUEUE_NAME
+from common.senders import SENDERS
 from common.settings import Settings, SettingsError, load_settings
 from db import cli as db_cli
 
@@ -187,22 +188,18 @@ def welcome(settings: Settings, host: str, concurrency: int) -> str:
     """What a developer needs once, at start: where to point senders, and with what. A secret
     is shown only outside production, where the development defaults are no secret anyway."""
     base = f"http://{host}:{settings.ingest_port}"
-    lines = [
-        f"crm-run: receiver on {base}, worker concurrency {concurrency}; Ctrl-C stops both",
-        f"  Instantly webhook: {base}/webhooks/instantly  (header Authorization: Bearer <secret>)",
-        f"  Cal.com webhook:   {base}/webhooks/calcom  (its signing secret: the Cal.com secret)",
-    ]
+    lines = [f"crm-run: receiver on {base}, worker concurrency {concurrency}; Ctrl-C stops both"]
+    labels = {name: f"{sender.title} webhook:" for name, sender in SENDERS.items()}
+    width = max(len(label) for label in labels.values())
+    for name, label in labels.items():
+        lines.append(f"  {label:<{width}} {base}/webhooks/{name}")
     if settings.is_production:
-        lines.append(
-            "  secrets: HMAC_SHARED_SECRET_INSTANTLY and HMAC_SHARED_SECRET_CALCOM (not shown)"
-        )
+        names = ", ".join(sender.secret_setting for sender in SENDERS.values())
+        lines.append(f"  secrets: {names} (not shown)")
     else:
-        for name, secrets in (
-            ("HMAC_SHARED_SECRET_INSTANTLY", settings.hmac_secrets_instantly),
-            ("HMAC_SHARED_SECRET_CALCOM", settings.hmac_secrets_calcom),
-        ):
-            shown = ",".join(secret.get() for secret in secrets)
-            lines.append(f"  {settings.app_env} secret {name}={shown}")
+        for sender in SENDERS.values():
+            shown = ",".join(secret.get() for secret in settings.webhook_secrets(sender.name))
+            lines.append(f"  {settings.app_env} secret {sender.secret_setting}={shown}")
     lines.append("  a token for /events and /admin: .venv/bin/crm-token --sub $USER --role admin")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """`crm-smoke`: the post-deploy regression check (the prototype's "200/409 test").
 
-Posts a signed synthetic reply with a fresh idempotency key (expects 202), posts it again
-(expects 409 naming the same event, or 200 where DUPLICATE_STATUS_INSTANTLY=200), then polls
+Posts a synthetic event of one sender (`--provider`, Instantly's reply by default), with its
+credentials and a fresh idempotency key (expects 202), posts it again (expects 409 naming the
+same event, or 200 where DUPLICATE_STATUS_<SENDER>=200), then polls
 `GET /events/{id}` until the worker has processed it. One line per step; exit 0 when every
 step passed, 1 otherwise, 2 on bad usage.
 The worker applies it whole, then rolls its CRM rows back: no contact, deal or activity is
@@ -11,64 +12,48 @@ left, only the event row, whose result says it was a smoke test.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import sys
 import time
 import uuid
 from typing import Any
 
 import httpx
-import orjson
 
-from common.envelope import SMOKE_KEY_PREFIX, SMOKE_WORKSPACE
+from common.senders import SENDERS, SMOKE_KEY_PREFIX, SMOKE_LEAD_DOMAIN
+from common.senders.kit import Sender
 from common.settings import SettingsError, get_settings
 from common.tokens import issue_token
 
 TERMINAL_FAILURES = ("dead", "ignored")
 
 
-def synthetic_reply(run_id: str) -> dict[str, Any]:
-    email = f"smoke+{run_id}@example.com"
-    return {
-        "event_type": "reply_received",
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "workspace": SMOKE_WORKSPACE,
-        "campaign_id": "crm-smoke",
-        "campaign_name": "crm-smoke post-deploy check",
-        "lead_email": email,
-        "email": email,
-        "email_id": run_id,
-        "reply_subject": "Re: crm-smoke",
-        "reply_text_snippet": "Synthetic reply sent by crm-smoke.",
-        "firstName": "Smoke",
-        "lastName": "Test",
-    }
+def _post(
+    client: httpx.Client, sender: Sender, event: dict[str, Any], secret: str, key: str
+) -> httpx.Response:
+    body, headers = sender.deliver(event, secret, int(time.time()))
+    return client.post(
+        f"/webhooks/{sender.name}", content=body, headers=headers | {"Idempotency-Key": key}
+    )
 
 
-def _post(client: httpx.Client, body: bytes, secret: str, key: str) -> httpx.Response:
-    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    headers = {
-        "Content-Type": "application/json",
-        "X-Instantly-Signature": f"sha256={signature}",
-        "Idempotency-Key": key,
-    }
-    return client.post("/webhooks/instantly", content=body, headers=headers)
-
-
-def _duplicate_status(client: httpx.Client) -> int:
-    """What the service answers a repeat with (DUPLICATE_STATUS_INSTANTLY): 409 unless it says."""
+def _duplicate_status(client: httpx.Client, sender: Sender) -> int:
+    """What the service answers a repeat with (DUPLICATE_STATUS_<SENDER>): 409 unless it says."""
     response = client.get("/healthz/details")
     if response.status_code != 200:
         return 409  # an older service, without the setting
-    return int(response.json().get("duplicate_status", {}).get("instantly", 409))
+    return int(response.json().get("duplicate_status", {}).get(sender.name, 409))
 
 
 def run(
-    url: str, secret: str, token: str, timeout: float, duplicate_status: int | None = None
+    url: str,
+    secret: str,
+    token: str,
+    timeout: float,
+    duplicate_status: int | None = None,
+    sender: Sender = SENDERS["instantly"],
 ) -> bool:
     run_id = uuid.uuid4().hex
-    body = orjson.dumps(synthetic_reply(run_id))
+    event = sender.smoke_event(run_id, f"smoke+{run_id}@{SMOKE_LEAD_DOMAIN}")
     key = f"{SMOKE_KEY_PREFIX}{run_id}"
 
     def step(ok: bool, line: str) -> bool:
@@ -76,19 +61,20 @@ def run(
         return ok
 
     with httpx.Client(base_url=url.rstrip("/"), timeout=10) as client:
-        first = _post(client, body, secret, key)
+        first = _post(client, sender, event, secret, key)
         if first.status_code == 401:
+            setting = sender.secret_setting
             return step(
                 False,
-                "first delivery: 401 (want 202): --secret (or HMAC_SHARED_SECRET_INSTANTLY here) "
-                "must be one of the service's HMAC_SHARED_SECRET_INSTANTLY values; its log "
-                "line for this refusal says which check failed",
+                f"first delivery: 401 (want 202): --secret (or {setting} here) must be one of "
+                f"the service's {setting} values; its log line for this refusal says which "
+                "check failed",
             )
         if not step(first.status_code == 202, f"first delivery: {first.status_code} (want 202)"):
             return False
         event_id = first.json()["event_id"]
-        want = duplicate_status or _duplicate_status(client)
-        again = _post(client, body, secret, key)
+        want = duplicate_status or _duplicate_status(client, sender)
+        again = _post(client, sender, event, secret, key)
         same = again.status_code == want and again.json().get("event_id") == event_id
         line = f"repeat delivery: {again.status_code} (want {want}, event {event_id})"
         if not step(same, line):
@@ -112,20 +98,26 @@ def run(
         return step(
             True,
             f"processed: deal {result.get('deal_id')}, activity "
-            f"{result.get('system_activity_id')} (rolled back: nothing kept in the CRM)",
+            f"{result.get('activity_id')} (rolled back: nothing kept in the CRM)",
         )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="crm-smoke",
-        description="Post-deploy check: a signed synthetic reply must get 202, its repeat 409 "
-        "(or 200, as the service is configured), "
-        "and the event must be processed. Exit 0 when all three hold, 1 otherwise.",
+        description="Post-deploy check: a synthetic event with the sender's credentials must "
+        "get 202, its repeat 409 (or 200, as the service is configured), and the event must be "
+        "processed. Exit 0 when all three hold, 1 otherwise.",
     )
     parser.add_argument("--url", required=True, help="the receiver, e.g. https://crm.example.com")
     parser.add_argument(
-        "--secret", help="an Instantly HMAC secret (default: HMAC_SHARED_SECRET_INSTANTLY)"
+        "--provider",
+        choices=sorted(SENDERS),
+        default="instantly",
+        help="the sender whose event to post (default: instantly)",
+    )
+    parser.add_argument(
+        "--secret", help="the sender's secret (default: the first of its setting's values)"
     )
     parser.add_argument("--token", help="a reader token (default: one signed with JWT_SECRET)")
     parser.add_argument(
@@ -138,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         help="what a repeat must get (default: what the service's /healthz/details says)",
     )
     args = parser.parse_args(argv)
+    sender = SENDERS[args.provider]
     secret, token = args.secret, args.token
     if secret is None or token is None:
         try:
@@ -145,15 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"crm-smoke: {exc}", file=sys.stderr)
             return 2
-        if secret is None and not settings.hmac_secrets_instantly:
-            print(
-                "crm-smoke: no --secret and HMAC_SHARED_SECRET_INSTANTLY is empty", file=sys.stderr
-            )
+        configured = settings.webhook_secrets(sender.name)
+        if secret is None and not configured:
+            print(f"crm-smoke: no --secret and {sender.secret_setting} is empty", file=sys.stderr)
             return 2
-        secret = secret or settings.hmac_secrets_instantly[0].get()
+        secret = secret or configured[0].get()
         token = token or issue_token(settings.jwt_secret.get(), sub="crm-smoke", role="reader")
     try:
-        return 0 if run(args.url, secret, token, args.timeout, args.duplicate_status) else 1
+        ok = run(args.url, secret, token, args.timeout, args.duplicate_status, sender)
+        return 0 if ok else 1
     except httpx.HTTPError as exc:
         print(f"FAIL cannot reach {args.url}: {_cause(exc)}", flush=True)
         return 1

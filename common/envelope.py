@@ -78,17 +78,3 @@ def describe(data: object) -> dict[str, str]:
     text ('' where absent): what a log line or a metric label names an event by."""
     fields = data if isinstance(data, Mapping) else {}
     return {key: str(fields.get(key) or "") for key in ("event_id", "provider", "event_type")}
-
-
-# crm-smoke's deliveries: their idempotency key starts with this and they name this workspace.
-# The worker applies them whole and then rolls the CRM rows back (worker.processing), so a
-# post-deploy check proves the path and leaves no contact, deal or activity behind.
-SMOKE_KEY_PREFIX = "crm-smoke-"
-SMOKE_WORKSPACE = "crm-smoke"
-
-
-def is_smoke_test(envelope: Envelope) -> bool:
-    return (
-        envelope.idempotency_key.startswith(SMOKE_KEY_PREFIX)
-        and envelope.payload.get("workspace") == SMOKE_WORKSPACE
-    )

@@ -22,7 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from common import providers
+from common import senders
 from common.envelope import describe
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -89,7 +89,7 @@ BATCH_EVENTS = Histogram(
 def metric_labels(envelope: object) -> tuple[str, str]:
     """(provider, event_type) label values for a queued envelope, unknown values folded."""
     fields = describe(envelope)
-    return providers.metric_labels(fields["provider"], fields["event_type"])
+    return senders.metric_labels(fields["provider"], fields["event_type"])
 
 
 class _Snapshot(Collector):

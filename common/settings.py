@@ -11,7 +11,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 from urllib.parse import quote, urlsplit
+
+from common.senders import SENDERS
+from common.senders.kit import Option
 
 APP_ENVS = ("development", "test", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -88,14 +92,28 @@ class Settings:
         default_factory=lambda: Secret("dev-jwt-secret-change-me-0123456789abcdef")
     )
     dev_signature_bypass: bool = False
-    hmac_secrets_instantly: tuple[Secret, ...] = (Secret("dev-instantly-secret-change-me"),)
-    hmac_secrets_calcom: tuple[Secret, ...] = (Secret("dev-calcom-secret-change-me"),)
+    # Per sender (common.senders): the secrets its deliveries may carry, several during a
+    # rotation (its module names the setting); its own options, parsed.
+    sender_secrets: dict[str, tuple[Secret, ...]] = field(
+        default_factory=lambda: {
+            name: (Secret(sender.dev_secret),) for name, sender in SENDERS.items()
+        },
+        hash=False,
+    )
+    sender_options: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            name: {key: option.parse(option.default) for key, option in sender.options.items()}
+            for name, sender in SENDERS.items()
+        },
+        hash=False,
+    )
 
     idempotency_ttl_seconds: int = 7 * 24 * 3600
     # How a repeat is answered: 409 (the prototype's), or 200 for a sender that counts every
     # non-2xx as a failed delivery and switches the webhook off after a few (Instantly does).
-    duplicate_status_instantly: int = 409
-    duplicate_status_calcom: int = 409
+    duplicate_statuses: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(SENDERS, 409), hash=False
+    )
     max_body_bytes: int = 1_048_576
     body_timeout_seconds: int = 10
     # The request line and headers: larger gets 431; not complete this long after they began
@@ -137,16 +155,14 @@ class Settings:
         return self.app_env == "production"
 
     def duplicate_status(self, provider: str) -> int:
-        return {
-            "instantly": self.duplicate_status_instantly,
-            "calcom": self.duplicate_status_calcom,
-        }[provider]
+        return self.duplicate_statuses[provider]
 
     def webhook_secrets(self, provider: str) -> tuple[Secret, ...]:
         """The secrets a provider's deliveries may be signed with (several during a rotation)."""
-        return {"instantly": self.hmac_secrets_instantly, "calcom": self.hmac_secrets_calcom}[
-            provider
-        ]
+        return self.sender_secrets[provider]
+
+    def sender_option(self, provider: str) -> dict[str, Any]:
+        return self.sender_options[provider]
 
     def pg_url(self, *, admin: bool = False, database: str | None = None) -> str:
         user = self.pg_admin_user if admin else self.pg_user
@@ -225,6 +241,14 @@ def _duplicate_status(env: Mapping[str, str], name: str) -> int:
     return int(_choice(env, name, DUPLICATE_STATUSES[0], DUPLICATE_STATUSES))
 
 
+def _option(env: Mapping[str, str], option: Option) -> Any:
+    raw = env.get(option.env, "").strip() or option.default
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{option.env}: {exc}") from None
+
+
 def _secret(env: Mapping[str, str], name: str, default: Secret) -> Secret:
     return Secret(env[name]) if name in env else default
 
@@ -283,8 +307,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     pg_host = env.get("PG_HOST", "").strip() or base.pg_host
     pg_port = _int(env, "PG_PORT", base.pg_port, minimum=1)
     superuser = env.get("PG_SUPERUSER_URL", "").strip()
+    app_env = _choice(env, "APP_ENV", base.app_env, APP_ENVS)
     settings = Settings(
-        app_env=_choice(env, "APP_ENV", base.app_env, APP_ENVS),
+        app_env=app_env,
         log_level=_choice(env, "LOG_LEVEL", base.log_level, LOG_LEVELS),
         # Unset: plain lines for a person at a terminal, JSON for a log collector.
         log_format=_choice(
@@ -307,14 +332,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         celery_broker_url=_redis_url(env, "CELERY_BROKER_URL", redis_url),
         jwt_secret=_secret(env, "JWT_SECRET", base.jwt_secret),
         dev_signature_bypass=_bool(env, "DEV_SIGNATURE_BYPASS", base.dev_signature_bypass),
-        hmac_secrets_instantly=_secret_list(
-            env, "HMAC_SHARED_SECRET_INSTANTLY", base.hmac_secrets_instantly
-        ),
-        hmac_secrets_calcom=_secret_list(
-            env, "HMAC_SHARED_SECRET_CALCOM", base.hmac_secrets_calcom
-        ),
-        duplicate_status_instantly=_duplicate_status(env, "DUPLICATE_STATUS_INSTANTLY"),
-        duplicate_status_calcom=_duplicate_status(env, "DUPLICATE_STATUS_CALCOM"),
+        sender_secrets={
+            # In production an unset secret is none (not the development one): a sender that
+            # production does not require is then off, and its deliveries get 401.
+            name: _secret_list(
+                env,
+                sender.secret_setting,
+                () if app_env == "production" else base.sender_secrets[name],
+            )
+            for name, sender in SENDERS.items()
+        },
+        sender_options={
+            name: {key: _option(env, option) for key, option in sender.options.items()}
+            for name, sender in SENDERS.items()
+        },
+        duplicate_statuses={
+            name: _duplicate_status(env, sender.duplicate_status_setting)
+            for name, sender in SENDERS.items()
+        },
         idempotency_ttl_seconds=_int(
             env, "IDEMPOTENCY_TTL_SECONDS", base.idempotency_ttl_seconds, minimum=1
         ),
@@ -381,11 +416,10 @@ def _validate(settings: Settings) -> None:
     jwt_secret = settings.jwt_secret
     if not jwt_secret.is_placeholder() and len(jwt_secret.get().encode()) < _MIN_JWT_SECRET_BYTES:
         problems.append(f"JWT_SECRET must be at least {_MIN_JWT_SECRET_BYTES} bytes long")
-    lists = {
-        "HMAC_SHARED_SECRET_INSTANTLY": settings.hmac_secrets_instantly,
-        "HMAC_SHARED_SECRET_CALCOM": settings.hmac_secrets_calcom,
-    }
-    for name, secrets in lists.items():
+    for sender in SENDERS.values():
+        name, secrets = sender.secret_setting, settings.sender_secrets[sender.name]
+        if not secrets and not sender.required_in_production:
+            continue  # that sender is off
         if not secrets or any(secret.is_placeholder() for secret in secrets):
             problems.append(f"{name} is missing or holds a placeholder; set a real secret")
         elif any(len(secret.get()) < _MIN_WEBHOOK_SECRET_CHARS for secret in secrets):

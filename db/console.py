@@ -13,7 +13,6 @@ from sqlalchemy import Connection, func, select, tuple_
 
 from db import dead_letters as dead_letter_queries
 from db.tables import (
-    EVENT_LEAD_EMAIL,
     activities,
     companies,
     contacts,
@@ -47,7 +46,7 @@ _EVENT_SUMMARY = (
     webhook_events.c.received_at,
     webhook_events.c.occurred_at,
     webhook_events.c.processed_at,
-    EVENT_LEAD_EMAIL.label("lead_email"),
+    webhook_events.c.lead_email,
 )
 
 
@@ -61,7 +60,7 @@ def search_events(
     """Newest first; `before` is the (received_at, id) of the last row of the previous page."""
     query = select(*_EVENT_SUMMARY)
     if filters.lead_email:
-        query = query.where(EVENT_LEAD_EMAIL.in_([filters.lead_email.strip().lower()]))
+        query = query.where(webhook_events.c.lead_email == filters.lead_email.strip().lower())
     if filters.provider:
         query = query.where(webhook_events.c.provider == filters.provider)
     if filters.event_type:
@@ -82,11 +81,7 @@ def search_events(
 
 def event(conn: Connection, *, event_id: UUID) -> dict[str, Any] | None:
     row = (
-        conn.execute(
-            select(webhook_events, EVENT_LEAD_EMAIL.label("lead_email")).where(
-                webhook_events.c.id == event_id
-            )
-        )
+        conn.execute(select(webhook_events).where(webhook_events.c.id == event_id))
         .mappings()
         .first()
     )

@@ -16,9 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common.envelope import Envelope, EnvelopeError, describe
 from common.logging import printable
-from common.providers import event_time
+from common.senders import event_time, lead_email
 from db.engine import is_transient
-from db.tables import DEAD_LETTER_LEAD_EMAIL, FINAL_EVENT_STATUSES, dead_letters, webhook_events
+from db.tables import FINAL_EVENT_STATUSES, dead_letters, webhook_events
 
 logger = logging.getLogger("crm.worker")
 
@@ -51,7 +51,7 @@ class Filters:
     until: datetime | None = None
     limit: int | None = 100  # None: every match (the console's "replay all that match")
     error_class: str | None = None
-    lead_email: str | None = None  # case-insensitive, Instantly's and Cal.com's alike
+    lead_email: str | None = None  # case-insensitive
 
 
 def record(
@@ -66,6 +66,7 @@ def record(
     error_message: str,
     traceback: str | None,
     attempts: int,
+    lead: str | None = None,
 ) -> int:
     """Open (or reopen) the event's dead letter; a replay that fails again grows the same row."""
     stmt = insert(dead_letters).values(
@@ -73,6 +74,7 @@ def record(
         provider=provider,
         event_type=event_type,
         envelope=envelope,
+        lead_email=lead,
         reason=reason,
         error_class=error_class,
         error_message=error_message,
@@ -118,6 +120,7 @@ def mark_event_dead(
         payload=payload,
         received_at=received_at,
         occurred_at=occurred_at,
+        lead_email=lead_email(provider, payload),
         status="dead",
         attempts=attempts,
         error=error,
@@ -208,6 +211,7 @@ def _write_full(
             error_message=error_message[:4000],
             traceback=trace[-20000:] if trace else None,
             attempts=attempts,
+            lead=lead_email(parsed.provider, parsed.payload) if parsed else None,
         )
         if parsed is not None:
             received_at = datetime.fromisoformat(parsed.received_at)
@@ -312,7 +316,7 @@ def matching(query: QueryT, filters: Filters) -> QueryT:
     if filters.error_class:
         query = query.where(dead_letters.c.error_class == filters.error_class)
     if filters.lead_email:
-        query = query.where(DEAD_LETTER_LEAD_EMAIL.in_([filters.lead_email.strip().lower()]))
+        query = query.where(dead_letters.c.lead_email == filters.lead_email.strip().lower())
     return query
 
 

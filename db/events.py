@@ -35,6 +35,7 @@ _INSERT_EVENT = (
         payload=bindparam("payload", type_=webhook_events.c.payload.type),
         received_at=bindparam("received_at"),
         occurred_at=bindparam("occurred_at"),
+        lead_email=bindparam("lead_email"),
     )
     # Any conflict: on the key (another delivery), or on the id too (two copies of one
     # message inserting at once would otherwise collide on the primary key first).
@@ -72,6 +73,7 @@ def claim_event(
     payload: dict[str, Any],
     received_at: datetime,
     occurred_at: datetime,
+    lead_email: str | None,
     attempts: int,
 ) -> Claim:
     """Insert the event row, or lock the existing one. Must run inside the transaction that
@@ -85,6 +87,7 @@ def claim_event(
         "payload": payload,
         "received_at": received_at,
         "occurred_at": occurred_at,
+        "lead_email": lead_email,
     }
     inserted = conn.execute(_INSERT_EVENT, params).scalar()
     if inserted is not None:

@@ -18,15 +18,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    String,
     Table,
     Text,
     UniqueConstraint,
     func,
-    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
 
@@ -168,19 +167,6 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
 
 
-# The lead's e-mail in a stored Instantly or Cal.com payload, lower-cased: what the console
-# searches events and dead letters by. Migration 006 indexes these very expressions.
-LEAD_EMAIL_SQL = (
-    "lower(coalesce(payload ->> 'lead_email', payload ->> 'email',"
-    " payload #>> '{payload,attendees,0,email}'))"
-)
-DEAD_LETTER_LEAD_EMAIL_SQL = (
-    "lower(coalesce(envelope #>> '{payload,lead_email}', envelope #>> '{payload,email}',"
-    " envelope #>> '{payload,payload,attendees,0,email}'))"
-)
-EVENT_LEAD_EMAIL: ColumnElement[str] = literal_column(LEAD_EMAIL_SQL, type_=Text)
-DEAD_LETTER_LEAD_EMAIL: ColumnElement[str] = literal_column(DEAD_LETTER_LEAD_EMAIL_SQL, type_=Text)
-
 webhook_events = Table(
     "webhook_events",
     metadata,
@@ -198,12 +184,14 @@ webhook_events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     # When the sender says it happened (None: stored before 007, or the sender gave no time).
     Column("occurred_at", DateTime(timezone=True)),
+    # The lead's e-mail as the sender's module reads it, lower-cased (None: none, or too long).
+    Column("lead_email", String(320)),
     Column("processed_at", DateTime(timezone=True)),
     *_timestamps(),
     UniqueConstraint("provider", "idempotency_key", name="uniq_webhook_events_key"),
     CheckConstraint(_one_of("status", EVENT_STATUSES), name="ck_webhook_events_status"),
     Index("idx_webhook_events_received", text("received_at DESC"), text("id DESC")),
-    Index("idx_webhook_events_lead_email", text(LEAD_EMAIL_SQL), text("received_at DESC")),
+    Index("idx_webhook_events_lead", "lead_email", text("received_at DESC")),
 )
 
 DEAD_LETTER_STATUSES = ("open", "replayed", "discarded")
@@ -216,6 +204,7 @@ dead_letters = Table(
     Column("provider", Text, nullable=False),
     Column("event_type", Text, nullable=False),
     Column("envelope", JSONB, nullable=False),
+    Column("lead_email", String(320)),
     Column("reason", Text, nullable=False),
     Column("error_class", Text, nullable=False),
     Column("error_message", Text, nullable=False),
@@ -232,7 +221,7 @@ dead_letters = Table(
     Index("idx_dead_letters_status_reason", "status", "reason"),
     Index("idx_dead_letters_groups", "status", "provider", "reason", "error_class"),
     Index("idx_dead_letters_last_failed", text("last_failed_at DESC")),
-    Index("idx_dead_letters_lead_email", text(DEAD_LETTER_LEAD_EMAIL_SQL)),
+    Index("idx_dead_letters_lead", "lead_email"),
 )
 
 ADMIN_ACTIONS = ("replay", "replay_matching", "discard")

@@ -28,16 +28,11 @@ from common import jsonexact, overview, queue
 from common import metrics as common_metrics
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
-from common.providers import (
-    LEAD_EMAIL_PATHS,
-    MAX_EVENT_TYPE_LENGTH,
-    MAX_LEAD_EMAIL_LENGTH,
-    PROVIDERS,
-    Provider,
-    value_at,
-)
 from common.queue import Claimer
 from common.queue.durability import warn_if_not_durable
+from common.senders import MAX_EVENT_TYPE_LENGTH, SENDERS
+from common.senders.fields import MAX_LEAD_EMAIL_LENGTH
+from common.senders.kit import Sender, value_at
 from common.settings import Settings, SettingsError, load_settings
 from ingest import admin, auth, console, metrics, openapi, status
 from ingest.backpressure import Backpressure
@@ -119,10 +114,10 @@ def _path_name(path: tuple[str | int, ...]) -> str:
     return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)[1:]
 
 
-def _too_long(payload: dict[str, Any], provider: Provider, event_type: str) -> str | None:
-    """Why a field the database indexes, or the event type, is too long to accept, if one is.
-    A non-string lead e-mail counts as the JSON text PostgreSQL would index."""
-    for path in LEAD_EMAIL_PATHS:
+def _too_long(payload: dict[str, Any], provider: Sender, event_type: str) -> str | None:
+    """Why the lead's e-mail (which the database keeps in a bounded column) or the event type
+    is too long to accept, if one is. A non-string lead e-mail counts as its JSON text."""
+    for path in provider.lead_email_paths:
         value = value_at(payload, path)
         if value is None:
             continue
@@ -165,9 +160,9 @@ def _is_json(content_type: str | None) -> bool:
 
 async def receive_webhook(request: Request) -> Response:
     settings: Settings = request.app.state.settings
-    provider = PROVIDERS.get(request.path_params["provider"])
+    provider = SENDERS.get(request.path_params["provider"])
     if provider is None:
-        return error(404, f"Unknown provider; this service takes: {', '.join(sorted(PROVIDERS))}")
+        return error(404, f"Unknown provider; this service takes: {', '.join(sorted(SENDERS))}")
     if not _is_json(request.headers.get("content-type")):
         return error(415, "Content-Type must be application/json")
     try:
@@ -196,6 +191,8 @@ async def receive_webhook(request: Request) -> Response:
         return error(400, "Body is not valid UTF-8 JSON")
     if not isinstance(payload, dict):
         return error(400, "Body must be a JSON object")
+    for name in provider.secret_fields:
+        payload.pop(name, None)  # a secret the sender put in the body is neither queued nor kept
     # Refused now rather than dead-lettered later.
     problem = _unstorable(payload, body)
     if problem is not None:
@@ -288,7 +285,7 @@ async def healthz_details(request: Request) -> Response:
             # Events PostgreSQL refused even a minimal dead letter for: crm-dlq rescue.
             "parked": parked,
             # What a repeat gets, per provider: crm-smoke expects it.
-            "duplicate_status": {name: settings.duplicate_status(name) for name in PROVIDERS},
+            "duplicate_status": {name: settings.duplicate_status(name) for name in SENDERS},
         }
     )
 
@@ -298,7 +295,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     messages = {404: "Not found", 405: "Method not allowed"}
     if request.url.path.startswith("/webhooks/"):
         name = request.url.path.split("/")[2]
-        provider = name if name in PROVIDERS else "unknown"
+        provider = name if name in SENDERS else "unknown"
         reason = messages.get(exc.status_code, str(exc.detail))
         REFUSALS.refused(provider, exc.status_code, reason, peer(request))
     return error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from common.providers import INSTANTLY_CAMPAIGN_FIELDS
+from common.senders import SENDERS
 
 MAX_KEY_LENGTH = 255
 
@@ -17,39 +17,12 @@ class InvalidIdempotencyKey(ValueError):
     """The sender supplied an unusable idempotency key."""
 
 
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _instantly_fingerprint(payload: dict[str, Any]) -> list[str]:
-    campaigns = (_text(payload.get(field)) for field in INSTANTLY_CAMPAIGN_FIELDS)
-    campaign = next((value for value in campaigns if value), "")
-    email = _text(payload.get("lead_email")) or _text(payload.get("email"))
-    return [
-        _text(payload.get("event_type")),
-        _text(payload.get("workspace")),
-        campaign,
-        email.lower(),
-        _text(payload.get("timestamp")),
-        _text(payload.get("email_id")),
-    ]
-
-
-def _calcom_fingerprint(payload: dict[str, Any]) -> list[str]:
-    inner = payload.get("payload")
-    uid = _text(inner.get("uid")) if isinstance(inner, dict) else ""
-    return [_text(payload.get("triggerEvent")), uid]
-
-
-_FINGERPRINTS = {"instantly": _instantly_fingerprint, "calcom": _calcom_fingerprint}
-
-
 def derive_key(provider: str, headers: Headers, payload: dict[str, Any]) -> str:
     """`Idempotency-Key` header, else the payload's `idempotency_key`, else a SHA-256 over the
-    fields that identify one delivery of one event — or over the whole payload when none of
-    them is there beyond the event type, so unrelated events never share a key. The payload
-    is hashed in a canonical form (keys sorted, no spaces), so a repeat sent with other
-    whitespace or key order is still a repeat."""
+    fields that identify one delivery of one event (the sender's module names them) — or over
+    the whole payload when none of them is there beyond the event type, so unrelated events
+    never share a key. The payload is hashed in a canonical form (keys sorted, no spaces), so
+    a repeat sent with other whitespace or key order is still a repeat."""
     explicit = headers.get("idempotency-key")
     if explicit is None and "idempotency_key" in payload:
         explicit = payload["idempotency_key"]
@@ -62,7 +35,7 @@ def derive_key(provider: str, headers: Headers, payload: dict[str, Any]) -> str:
                 f"idempotency key must be 1 to {MAX_KEY_LENGTH} printable characters"
             )
         return explicit
-    fields = _FINGERPRINTS[provider](payload)
+    fields = SENDERS[provider].fingerprint(payload)
     if not any(fields[1:]):
         canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return "sha256-payload:" + hashlib.sha256(canonical.encode()).hexdigest()

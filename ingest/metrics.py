@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from common import metrics, queue
-from common.providers import PROVIDERS
+from common.senders import SENDERS
 from db.tables import dead_letters
 from ingest.refusals import REFUSALS
 from ingest.responses import CLIENT_DISCONNECTED, peer
@@ -71,7 +71,7 @@ def instrumented(handler: Handler) -> Handler:
     async def counted(request: Request) -> Response:
         started = time.perf_counter()
         provider = request.path_params.get("provider", "")
-        if provider not in PROVIDERS:
+        if provider not in SENDERS:
             provider = "unknown"  # one label for all: a sender cannot grow the series
         status = 500  # what an exception from the handler becomes, further out
         try:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.providers import PROVIDERS
+from common.senders import SENDERS
 from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
 
 _JSON = "application/json"
@@ -77,7 +77,7 @@ def _parameter(name: str, where: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _FILTERS: dict[str, Any] = {
-    "provider": _TEXT | {"description": "e.g. instantly, calcom"},
+    "provider": _TEXT | {"description": "a sender: " + ", ".join(SENDERS)},
     "reason": _TEXT | {"description": "e.g. invalid_payload, config_error, retries_exhausted"},
     "status": _DEAD_LETTER_STATUS | {"default": "open"},
     "since": _TIME | {"description": "last failure at or after this time"},
@@ -167,15 +167,13 @@ _WEBHOOK = _operation(
         "415": _reply("Content-Type is not application/json"),
         "503": _reply("Queue unavailable, retry later"),
     },
-    description="instantly: `X-Instantly-Signature` (`sha256=<hex>` or bare hex, HMAC-SHA256 of "
-    "the raw body) or `Authorization: Bearer <shared secret>`; a present but wrong signature "
-    "fails even beside a good bearer secret. calcom: `X-Cal-Signature-256` only. A 2xx is sent "
-    "only once the event is queued; an error leaves nothing behind.",
+    description=" ".join(f"{name}: {sender.auth_doc}." for name, sender in SENDERS.items())
+    + " A 2xx is sent only once the event is queued; an error leaves nothing behind.",
     parameters=[
-        _parameter("provider", "path", {"type": "string", "enum": list(PROVIDERS)}),
+        _parameter("provider", "path", {"type": "string", "enum": list(SENDERS)}),
         _parameter("Idempotency-Key", "header", _TEXT | {"minLength": 1, "maxLength": 255}),
     ],
-    security=[{"instantlySignature": []}, {"instantlyBearer": []}, {"calcomSignature": []}],
+    security=[{scheme: []} for sender in SENDERS.values() for scheme in sender.security_schemes],
     requestBody={"required": True, "content": {_JSON: {"schema": {"type": "object"}}}},
 )
 
@@ -289,11 +287,11 @@ SPEC: dict[str, Any] = {
     "components": {
         "schemas": _SCHEMAS,
         "securitySchemes": {
-            "instantlySignature": _header_key("X-Instantly-Signature", "sha256=<hex> or <hex>"),
-            "instantlyBearer": _header_key(
-                "Authorization", "Bearer <HMAC_SHARED_SECRET_INSTANTLY>"
-            ),
-            "calcomSignature": _header_key("X-Cal-Signature-256", "<hex>"),
+            **{
+                scheme: _header_key(header, value)
+                for sender in SENDERS.values()
+                for scheme, (header, value) in sender.security_schemes.items()
+            },
             "token": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
         },
     },

@@ -4,6 +4,7 @@ environment, adopting the prototype's tables, and failing in one clear line."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -134,6 +135,64 @@ def test_every_revision_run_again_on_a_migrated_database_adds_nothing(
         migrate(settings)
         assert _counts(engine) == before
         assert _seed(engine) == SEEDED_STAGES
+
+
+def test_lead_email_column_is_filled_for_rows_stored_before_it(
+    scratch_database: MakeDatabase, engine_for: Callable[[Settings], Engine]
+) -> None:
+    """008 fills the new column from where the two senders of the time kept the address,
+    lower-cased; an address too long for the column stays NULL; downgrade drops the column."""
+    settings = scratch_database()
+    engine = engine_for(settings)
+    migrate(settings, "007_event_time")
+    payloads = {
+        "reply": {"lead_email": "Ada@Example.com"},
+        "plain": {"email": "grace@example.com"},
+        "booking": {"payload": {"attendees": [{"email": "Linus@Example.org"}]}},
+        "long": {"lead_email": "x" * 400 + "@example.com"},
+        "none": {"event_type": "campaign_completed"},
+    }
+    with engine.begin() as conn:
+        for key, payload in payloads.items():
+            conn.execute(
+                text(
+                    "INSERT INTO webhook_events (id, provider, event_type, idempotency_key,"
+                    " payload, received_at) VALUES (gen_random_uuid(), 'p', 't', :key,"
+                    " cast(:payload AS jsonb), now())"
+                ),
+                {"key": key, "payload": json.dumps(payload)},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO dead_letters (event_id, provider, event_type, envelope, reason,"
+                " error_class, error_message) VALUES (gen_random_uuid(), 'p', 't',"
+                " cast(:envelope AS jsonb), 'invalid_payload', 'E', 'm')"
+            ),
+            {"envelope": json.dumps({"payload": {"email": "Grace@Example.com"}})},
+        )
+    migrate(settings)
+    with engine.connect() as conn:
+        filled = dict(
+            conn.execute(text("SELECT idempotency_key, lead_email FROM webhook_events")).all()
+        )
+        letter = conn.execute(text("SELECT lead_email FROM dead_letters")).scalar_one()
+    assert filled == {
+        "reply": "ada@example.com",
+        "plain": "grace@example.com",
+        "booking": "linus@example.org",
+        "long": None,
+        "none": None,
+    }
+    assert letter == "grace@example.com"
+    downgrade(settings, "007_event_time")
+    with engine.connect() as conn:
+        columns = conn.execute(
+            text(
+                "SELECT count(*) FROM information_schema.columns"
+                " WHERE column_name = 'lead_email' AND table_schema = 'public'"
+            )
+        ).scalar_one()
+    assert columns == 0
 
 
 def test_production_seed_has_the_pipeline_and_no_demo_rows(
@@ -409,7 +468,7 @@ def test_crm_db_migrate_works_from_any_directory(stack_env: dict[str, str], tmp_
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "crm-db: already at 007_event_time; nothing to do" in result.stdout
+    assert "crm-db: already at 008_lead_email; nothing to do" in result.stdout
 
 
 def test_crm_db_migrate_says_where_it_went(
@@ -422,9 +481,9 @@ def test_crm_db_migrate_says_where_it_went(
     assert main(["migrate", "--revision", "002_policies"]) == 0
     assert "crm-db: migrated from an empty database to 002_policies" in capsys.readouterr().out
     assert main(["migrate"]) == 0
-    assert "crm-db: migrated from 002_policies to 007_event_time" in capsys.readouterr().out
+    assert "crm-db: migrated from 002_policies to 008_lead_email" in capsys.readouterr().out
     assert main(["migrate"]) == 0
-    assert "crm-db: already at 007_event_time; nothing to do" in capsys.readouterr().out
+    assert "crm-db: already at 008_lead_email; nothing to do" in capsys.readouterr().out
 
 
 def test_bootstrap_says_where_it_connects(

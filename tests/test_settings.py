@@ -49,7 +49,7 @@ def test_defaults_load_in_development() -> None:
 def test_a_real_production_environment_loads() -> None:
     settings = load_settings(PRODUCTION)
     assert settings.is_production
-    assert [secret.get() for secret in settings.hmac_secrets_instantly] == [
+    assert [secret.get() for secret in settings.webhook_secrets("instantly")] == [
         "Kf82hsQm1Lz0Xc7Vb4Nw",
         "Mz6Rt2Yw9Qa3Ls7Dp",
     ]
@@ -172,7 +172,7 @@ def test_production_refuses_a_webhook_secret_under_16_characters(name: str, shor
 
 def test_development_accepts_short_webhook_secrets() -> None:
     settings = load_settings({"HMAC_SHARED_SECRET_INSTANTLY": "x"})
-    assert [secret.get() for secret in settings.hmac_secrets_instantly] == ["x"]
+    assert [secret.get() for secret in settings.webhook_secrets("instantly")] == ["x"]
 
 
 def test_the_poison_lead_fault_point_is_refused_outside_tests() -> None:

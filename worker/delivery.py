@@ -39,11 +39,10 @@ from celery import Task
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from common import metrics, providers, queue
+from common import metrics, queue, senders
 from common.envelope import Envelope, describe
 from common.logging import set_event
 from common.metrics import metric_labels
-from common.providers import lead_email
 from common.queue import QueuedTask
 from common.settings import get_settings
 from db import dead_letters
@@ -115,7 +114,7 @@ def _lock_order(entry: Ready) -> tuple[str, str]:
     company domain, then e-mail (a company row before its contacts), so two batches never
     wait for each other in a circle. Events of one lead keep their queue order (a stable
     sort); events with no lead e-mail come last."""
-    email = lead_email(entry[2].payload) or "\uffff"
+    email = senders.lead_email(entry[2].provider, entry[2].payload) or "\uffff"
     return email.rpartition("@")[2], email
 
 
@@ -239,7 +238,7 @@ def _give_back(task: QueuedTask, reason: str, error: str) -> dict[str, Any]:
 
 
 def _count(parsed: Envelope, outcome: Outcome) -> dict[str, Any]:
-    labels = providers.metric_labels(parsed.provider, parsed.event_type)
+    labels = senders.metric_labels(parsed.provider, parsed.event_type)
     metrics.EVENTS.labels(*labels, outcome.status).inc()
     if outcome.status == "processed":
         received = datetime.fromisoformat(parsed.received_at)

@@ -1,9 +1,9 @@
-"""What each event type does, as data. The tables are the whole behaviour; `apply_effect` is
-the one piece of code that carries any row of them out."""
+"""Carrying out an event's effect: each sender's module (common.senders) holds its effects
+table and words its notes; `apply_effect` is the one piece of code that carries out any row of
+any table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -11,70 +11,34 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from common.envelope import Envelope
-from common.providers import event_time
+from common.senders import SENDERS, event_time
+from common.senders.fields import Lead, PayloadError
+from common.senders.kit import Effect, Note
 from db import crm
-from worker.errors import ConfigError
-from worker.leads import Lead, upsert_lead
+from worker.errors import ConfigError, InvalidPayload
+from worker.leads import upsert_lead
+
+# A high-volume event (sends, opens, clicks) with ENGAGEMENT_ACTIVITIES on: a note each.
+ENGAGEMENT_NOTE = Effect(activity="system_note")
 
 
-@dataclass(frozen=True)
-class Effect:
-    """stage: advance the lead's deal to it (never backwards, never a second deal).
-    activity: log an activity of this type. on_deal: attach it to the lead's deal, if any.
-    do_not_contact: flag the contact for good. Nothing set: the event is stored, no more."""
-
-    stage: str | None = None
-    activity: str | None = None
-    on_deal: bool = True
-    do_not_contact: bool = False
-
-
-# Opens, clicks and sends arrive by the thousand: stored as events unless
-# ENGAGEMENT_ACTIVITIES asks for a note each.
-ENGAGEMENT_TYPES = ("email_sent", "email_opened", "link_clicked", "email_link_clicked")
-
-INSTANTLY_EFFECTS: dict[str, Effect] = {
-    # Step E, the prototype's: the deal in 'New' and a system_note of the reply.
-    "reply_received": Effect(stage="New", activity="system_note"),
-    "lead_interested": Effect(stage="Interested"),
-    "lead_meeting_booked": Effect(stage="Meeting Booked"),
-    "lead_closed": Effect(stage="Won"),
-    "lead_not_interested": Effect(stage="Lost", activity="system_note"),
-    "email_bounced": Effect(activity="system_note", on_deal=False, do_not_contact=True),
-    "lead_unsubscribed": Effect(activity="system_note", on_deal=False, do_not_contact=True),
-    "auto_reply_received": Effect(activity="system_note", on_deal=False),
-    "lead_out_of_office": Effect(activity="system_note", on_deal=False),
-    **{event_type: Effect() for event_type in ENGAGEMENT_TYPES},
-}
-
-CALCOM_EFFECTS: dict[str, Effect] = {
-    "BOOKING_CREATED": Effect(stage="Meeting Booked", activity="meeting"),
-    # A cancellation is logged on the deal but does not move it back.
-    "BOOKING_RESCHEDULED": Effect(activity="meeting"),
-    "BOOKING_CANCELLED": Effect(activity="meeting"),
-    "MEETING_ENDED": Effect(activity="meeting"),
-}
-
-
-EFFECTS = {"instantly": INSTANTLY_EFFECTS, "calcom": CALCOM_EFFECTS}
-STORE_ONLY = Effect()
-
-
-def effect_for(provider: str, event_type: str, *, engagement_activities: bool) -> Effect | None:
+def effect_for(
+    envelope: Envelope, *, engagement_activities: bool, options: dict[str, Any]
+) -> Effect | None:
     """What the event does; None for a type with no effect (stored as `ignored`)."""
-    if engagement_activities and provider == "instantly" and event_type in ENGAGEMENT_TYPES:
-        return Effect(activity="system_note")
-    return EFFECTS.get(provider, {}).get(event_type)
+    effect = SENDERS[envelope.provider].effect(envelope.event_type, envelope.payload, options)
+    if effect is not None and effect.engagement and engagement_activities:
+        return ENGAGEMENT_NOTE
+    return effect
 
 
-@dataclass(frozen=True)
-class Note:
-    """The activity an effect logs, already worded by the provider's module."""
-
-    subject: str
-    body: str | None
-    metadata: dict[str, Any]
-    deal_title: str
+def handle_event(conn: Connection, envelope: Envelope, effect: Effect) -> dict[str, Any]:
+    """The sender's module reads the lead and words the note; the row is carried out here."""
+    try:
+        lead, note = SENDERS[envelope.provider].parse(envelope.event_type, envelope.payload)
+    except PayloadError as exc:
+        raise InvalidPayload(str(exc)) from None
+    return apply_effect(conn, envelope, lead, effect, note)
 
 
 def apply_effect(
@@ -115,7 +79,7 @@ def apply_effect(
                 envelope.provider, envelope.payload, datetime.fromisoformat(envelope.received_at)
             )[0],
         )
-    return result(
+    done = result(
         envelope.event_type,
         contact_id=contact_id,
         deal_id=deal_id,
@@ -123,6 +87,10 @@ def apply_effect(
         activity_id=activity_id,
         do_not_contact=effect.do_not_contact,
     )
+    if effect.step is not None:
+        # The prototype's keys too, which its clients read.
+        done |= {"step": effect.step, "system_activity_id": done["activity_id"]}
+    return done
 
 
 def result(

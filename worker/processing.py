@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,19 +13,13 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Engine
 
-from common.envelope import Envelope, EnvelopeError, is_smoke_test
-from common.providers import PROVIDERS, event_time
+from common.envelope import Envelope, EnvelopeError
+from common.senders import SENDERS, event_time, is_smoke_test, lead_email
 from common.settings import get_settings
 from db import events
-from worker import calcom, effects, instantly
-from worker.effects import STORE_ONLY, Effect, effect_for
+from worker import effects
+from worker.effects import effect_for, handle_event
 from worker.errors import InvalidPayload, UnknownProvider
-
-# Each provider's events are carried out by its module's one function, given the effect.
-_HANDLERS: dict[str, Callable[[Connection, Envelope, Effect], dict[str, Any]]] = {
-    "instantly": instantly.handle_event,
-    "calcom": calcom.handle_event,
-}
 
 
 def parse_envelope(data: Any) -> Envelope:
@@ -33,7 +27,7 @@ def parse_envelope(data: Any) -> Envelope:
         envelope = Envelope.from_dict(data)
     except EnvelopeError as exc:
         raise InvalidPayload(f"malformed envelope: {exc}") from None
-    if envelope.provider not in PROVIDERS:
+    if envelope.provider not in SENDERS:
         raise UnknownProvider(f"no such provider: {envelope.provider!r}")
     return envelope
 
@@ -56,9 +50,7 @@ def _die_if_poisoned(envelope: Envelope) -> None:
     """Tests only (APP_ENV=test): die in the middle of the transaction, as a process killed
     by the kernel's OOM killer or a crash in a driver would."""
     poison = get_settings().test_poison_lead
-    if poison and poison in (
-        str(envelope.payload.get(f, "")).lower() for f in ("lead_email", "email")
-    ):
+    if poison and poison == lead_email(envelope.provider, envelope.payload):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -75,15 +67,17 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
         payload=envelope.payload,
         received_at=received_at,
         occurred_at=occurred_at,
+        lead_email=lead_email(envelope.provider, envelope.payload),
         attempts=attempts,
     )
     if claim.done:
         return Outcome("duplicate", claim.result or {})
     _die_if_poisoned(envelope)
+    settings = get_settings()
     effect = effect_for(
-        envelope.provider,
-        envelope.event_type,
-        engagement_activities=get_settings().engagement_activities,
+        envelope,
+        engagement_activities=settings.engagement_activities,
+        options=settings.sender_option(envelope.provider),
     )
     # Which time the event's activity carries: the sender's, or our receipt's.
     timing = {"occurred_at": occurred_at.isoformat(), "time_source": time_source}
@@ -92,18 +86,18 @@ def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outco
         result |= timing
         events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
         return Outcome("ignored", result)
-    if effect == STORE_ONLY:
+    if effect.stores_only:
         result = effects.result("stored")  # the webhook_events row is the whole effect
-    elif is_smoke_test(envelope):
+    elif is_smoke_test(envelope.provider, envelope.idempotency_key, envelope.payload):
         # Every statement runs, then the CRM rows go: the event row says it was a smoke test.
         savepoint = conn.begin_nested()
         try:
-            result = _HANDLERS[envelope.provider](conn, envelope, effect)
+            result = handle_event(conn, envelope, effect)
         finally:
             savepoint.rollback()
         result |= {"smoke_test": "applied, then rolled back: no CRM rows kept"}
     else:
-        result = _HANDLERS[envelope.provider](conn, envelope, effect)
+        result = handle_event(conn, envelope, effect)
     result |= timing
     events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
     return Outcome("processed", result)

@@ -23,8 +23,8 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from common import overview, queue
-from common.providers import PROVIDERS
 from common.replay import ANY_STATUS, WHAT_TO_DO, filters_from, parse_time, text_filter
+from common.senders import SENDERS
 from common.settings import Settings
 from db import audit, console, dead_letters, events
 from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
@@ -258,7 +258,7 @@ async def events_page(request: Request, session: Session) -> Response:
         )
     return render(
         request, "events.html", session, "Events", rows=rows, form=dict(params),
-        providers=tuple(PROVIDERS), statuses=EVENT_STATUSES, next_page=next_page,
+        providers=tuple(SENDERS), statuses=EVENT_STATUSES, next_page=next_page,
     )  # fmt: skip
 
 
@@ -266,7 +266,7 @@ def event_filters(params: Mapping[str, str]) -> console.EventFilters:
     """The events page's filter: every field checked, BadInput naming a bad one."""
     return console.EventFilters(
         lead_email=_text(params, "email"),
-        provider=_text(params, "provider", tuple(PROVIDERS)),
+        provider=_text(params, "provider", tuple(SENDERS)),
         event_type=_text(params, "event_type"),
         status=_text(params, "status", EVENT_STATUSES),
         since=_time(params, "since"),

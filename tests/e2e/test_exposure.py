@@ -31,8 +31,7 @@ def _secrets(settings: Settings) -> list[str]:
         settings.pg_password.get(),
         settings.pg_admin_password.get(),
         settings.pg_readonly_password.get(),
-        *(s.get() for s in settings.hmac_secrets_instantly),
-        *(s.get() for s in settings.hmac_secrets_calcom),
+        *(s.get() for secrets in settings.sender_secrets.values() for s in secrets),
     ]
     assert all(len(value) >= 12 for value in values), "a short secret could match by chance"
     return values
@@ -48,7 +47,7 @@ def test_secrets_never_appear_in_logs_or_responses(
     worker: Process,
 ) -> None:
     secrets = _secrets(settings)
-    instantly = settings.hmac_secrets_instantly[0].get()
+    instantly = settings.webhook_secrets("instantly")[0].get()
     seen: list[str] = []
     accepted: list[str] = []
     with httpx.Client(base_url=stack) as client:

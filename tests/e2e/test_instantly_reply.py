@@ -367,8 +367,42 @@ def test_rotated_secret_is_accepted(stack: str) -> None:
     assert rotated.status_code == 202
 
 
-@pytest.mark.parametrize("event_type", ["custom_label_x", "Reply_Received", "campaign_completed"])
-def test_unknown_or_custom_instantly_event_types_are_stored_as_ignored(
+@pytest.mark.parametrize("event_type", ["Hot lead", "Reply_Received"])
+def test_an_undocumented_instantly_event_type_on_a_lead_is_a_custom_label_note(
+    stack: str, superuser_engine: Engine, reader_token: str, event_type: str
+) -> None:
+    """Instantly names a custom label's event after the label: a note naming it, no deal."""
+    response = post(stack, reply(event_type=event_type))
+    assert response.status_code == 202
+    event_id = response.json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    shown = httpx.get(
+        f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
+    ).json()
+    assert shown["status"] == "processed"
+    assert counts(superuser_engine)["deals"] == 0
+    subject = scalar(superuser_engine, "SELECT subject FROM activities")
+    assert subject.endswith(f": {event_type.replace('_', ' ')}"), subject
+
+
+def test_an_undocumented_instantly_event_type_without_a_lead_is_stored_as_ignored(
+    stack: str, superuser_engine: Engine, reader_token: str
+) -> None:
+    response = post(stack, reply(None, event_type="something_new", lead_email=None, email=None))
+    assert response.status_code == 202
+    event_id = response.json()["event_id"]
+    wait_processed(superuser_engine, [event_id])
+    shown = httpx.get(
+        f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
+    ).json()
+    assert shown["status"] == "ignored"
+    assert counts(superuser_engine)["contacts"] == 0
+
+
+@pytest.mark.parametrize(
+    "event_type", ["campaign_completed", "account_error", "supersearch_enrichment_completed"]
+)
+def test_instantly_events_about_no_lead_are_stored_only(
     stack: str, superuser_engine: Engine, reader_token: str, event_type: str
 ) -> None:
     response = post(stack, reply(event_type=event_type))
@@ -378,8 +412,9 @@ def test_unknown_or_custom_instantly_event_types_are_stored_as_ignored(
     shown = httpx.get(
         f"{stack}/events/{event_id}", headers={"Authorization": f"Bearer {reader_token}"}
     ).json()
-    assert shown["status"] == "ignored"
+    assert (shown["status"], shown["result"]["effect"]) == ("processed", "stored")
     assert counts(superuser_engine)["deals"] == 0
+    assert counts(superuser_engine)["activities"] == 0
 
 
 def test_status_of_a_queued_event_is_queued(
