@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.replay import ANY_STATUS, Actor, Outcome, Replayer, Summary, filters_from
+from common.senders import SENDERS
 from common.settings import SettingsError, load_settings
 from db import dead_letters
 from db.engine import make_engine
@@ -26,7 +27,7 @@ _COLUMNS = ("id", "status", "reason", "provider", "event_type", "attempts", "las
 
 
 def _add_filters(parser: argparse.ArgumentParser, *, status_help: str) -> None:
-    parser.add_argument("--provider", help="only this provider, e.g. instantly")
+    parser.add_argument("--provider", help=f"only this sender: {', '.join(SENDERS)}")
     parser.add_argument("--reason", help="only this reason, e.g. config_error")
     parser.add_argument("--status", choices=(*DEAD_LETTER_STATUSES, ANY_STATUS), help=status_help)
     parser.add_argument("--since", help="last failure at or after this ISO 8601 time")

@@ -1,6 +1,6 @@
 """`crm-smoke`: the post-deploy regression check (the prototype's "200/409 test").
 
-Posts a synthetic event of one sender (`--provider`, Instantly's reply by default), with its
+Posts a synthetic event of one sender (`--provider`, the first sender's reply by default), with its
 credentials and a fresh idempotency key (expects 202), posts it again (expects 409 naming the
 same event, or 200 where DUPLICATE_STATUS_<SENDER>=200), then polls
 `GET /events/{id}` until the worker has processed it. One line per step; exit 0 when every
@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from common.senders import SENDERS, SMOKE_KEY_PREFIX, SMOKE_LEAD_DOMAIN
+from common.senders import PRIMARY, SENDERS, SMOKE_KEY_PREFIX, SMOKE_LEAD_DOMAIN
 from common.senders.kit import Sender
 from common.settings import SettingsError, get_settings
 from common.tokens import issue_token
@@ -50,7 +50,7 @@ def run(
     token: str,
     timeout: float,
     duplicate_status: int | None = None,
-    sender: Sender = SENDERS["instantly"],
+    sender: Sender = PRIMARY,
 ) -> bool:
     run_id = uuid.uuid4().hex
     event = sender.smoke_event(run_id, f"smoke+{run_id}@{SMOKE_LEAD_DOMAIN}")
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--provider",
         choices=sorted(SENDERS),
-        default="instantly",
-        help="the sender whose event to post (default: instantly)",
+        default=PRIMARY.name,
+        help=f"the sender whose event to post (default: {PRIMARY.name})",
     )
     parser.add_argument(
         "--secret", help="the sender's secret (default: the first of its setting's values)"

@@ -110,7 +110,7 @@ class Settings:
 
     idempotency_ttl_seconds: int = 7 * 24 * 3600
     # How a repeat is answered: 409 (the prototype's), or 200 for a sender that counts every
-    # non-2xx as a failed delivery and switches the webhook off after a few (Instantly does).
+    # non-2xx as a failed delivery and switches the webhook off after a few (some do).
     duplicate_statuses: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(SENDERS, 409), hash=False
     )

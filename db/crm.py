@@ -1,4 +1,4 @@
-"""Step E: the CRM writes an Instantly reply turns into. Each takes a Connection first.
+"""Step E: the CRM writes a reply turns into. Each takes a Connection first.
 
 The statements are built once, at import, with bound parameters: building a Core statement
 per call cost more than running it (profiled: `excluded` alone was ~0.6 ms per upsert).

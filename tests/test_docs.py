@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from common.senders import SENDERS
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 
@@ -26,6 +28,9 @@ def test_every_setting_is_in_the_readmes_configuration_section() -> None:
     that sends the tuning and test-only ones to docs/OPERATIONS.md)."""
     source = (ROOT / "common" / "settings.py").read_text()
     read = set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source))
+    for sender in SENDERS.values():  # each sender's module names its own settings
+        read |= {sender.secret_setting, sender.duplicate_status_setting}
+        read |= {option.env for option in sender.options.values()}
     assert {"APP_ENV", "REDIS_URL", "TASK_MAX_WORKER_LOST", "PG_LOCK_TIMEOUT_MS"} <= read
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]

@@ -10,21 +10,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.senders.fields import MAX_LEAD_EMAIL_LENGTH
-from common.senders.kit import Sender, value_at
+from common.senders.kit import Effect, Sender, value_at
+
+# The package's own pieces, which declare no sender.
+_HELPERS = frozenset({"kit", "fields", "__main__"})
 
 
 def _discover() -> dict[str, Sender]:
     found: dict[str, Sender] = {}
-    for module in sorted(pkgutil.iter_modules(__path__), key=lambda each: each.name):
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in _HELPERS:
+            continue
         declared = getattr(importlib.import_module(f"{__name__}.{module.name}"), "SENDER", None)
         if isinstance(declared, Sender):
             if declared.name in found:
                 raise RuntimeError(f"two senders are named {declared.name!r}")
             found[declared.name] = declared
-    return found
+    # The primary sender first, then by name: the order of every list of senders shown.
+    return dict(sorted(found.items(), key=lambda item: (not item[1].primary, item[0])))
 
 
 SENDERS: dict[str, Sender] = _discover()
+# The sender the service was first built for: what crm-smoke posts unless told otherwise.
+PRIMARY = next(sender for sender in SENDERS.values() if sender.primary)
 
 # What the receiver refuses before it queues anything, because a log line should not carry it.
 MAX_EVENT_TYPE_LENGTH = 200
@@ -91,3 +99,36 @@ def is_smoke_test(provider: str, idempotency_key: str, payload: dict[str, Any]) 
         and email is not None
         and email.endswith("@" + SMOKE_LEAD_DOMAIN)
     )
+
+
+def _does(effect: Effect) -> str:
+    if effect.ignore:
+        return "stored as ignored"
+    if effect.stores_only:
+        return "stored"
+    done = [f"deal to {effect.stage}"] if effect.stage else []
+    if effect.activity:
+        done.append(f"{effect.activity}" + (" on the deal" if effect.on_deal else ""))
+    if effect.do_not_contact:
+        done.append("do-not-contact")
+    return ", ".join(done)
+
+
+def events_table() -> str:
+    """The README's table of events, from every sender's effects table."""
+    lines = ["| sender | event type | effect | why |", "|---|---|---|---|"]
+    for sender in SENDERS.values():
+        spellings: dict[str, list[str]] = {}
+        for alias, canonical in sender.aliases.items():
+            spellings.setdefault(canonical, []).append(alias)
+        rows = [
+            (
+                " / ".join(f"`{name}`" for name in (event_type, *spellings.get(event_type, ()))),
+                effect,
+            )
+            for event_type, effect in sender.effects.items()
+        ]
+        rows += [(f"*{label}*", effect) for label, effect in sender.other_events.items()]
+        for label, effect in rows:
+            lines.append(f"| {sender.title} | {label} | {_does(effect)} | {effect.why} |")
+    return "\n".join(lines)

@@ -46,7 +46,7 @@ CAMPAIGN_FIELDS = ("campaign", "campaign_id")
 _NOTE = "system_note"
 _ENGAGEMENT = Effect(
     engagement=True,
-    why="sent by the thousand: stored; a note each with ENGAGEMENT_ACTIVITIES=true",
+    why="sent by the thousand: stored; ENGAGEMENT_ACTIVITIES=true makes each a note",
 )
 EFFECTS: dict[str, Effect] = {
     REPLY: Effect(
@@ -217,9 +217,11 @@ SENDER = Sender(
     secret_setting="HMAC_SHARED_SECRET_INSTANTLY",
     dev_secret="dev-instantly-secret-change-me",
     required_in_production=True,
+    primary=True,
     event_type_field="event_type",
     effects=EFFECTS,
     choose_effect=_choose_effect,
+    other_events={"any other type, on a lead (a custom label)": CUSTOM_LABEL},
     lead_email_paths=(("lead_email",), ("email",)),
     event_time_paths=(("timestamp",),),
     fingerprint=_fingerprint,

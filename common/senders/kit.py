@@ -121,6 +121,10 @@ class Sender:
     # Where in the sender's settings the URL and secret go, for the README and crm-run.
     setup: str
     aliases: Mapping[str, str] = field(default_factory=dict)
+    # The sender the service was first built for (one is): crm-smoke's default.
+    primary: bool = False
+    # Effects not keyed by one event type (chosen by choose_effect), for the README's table.
+    other_events: Mapping[str, Effect] = field(default_factory=dict)
     # The effect when the table alone cannot say (a payload field chooses it); default: table.
     choose_effect: Callable[[str, dict[str, Any], Options], Effect | None] | None = None
     # Body fields never stored or queued (a secret the sender puts in the body).
