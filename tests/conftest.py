@@ -56,6 +56,8 @@ TEST_SETTINGS = {
     "JWT_SECRET": "test-jwt-secret-0123456789abcdef",
     "HMAC_SHARED_SECRET_INSTANTLY": "test-instantly-secret-A,test-instantly-secret-B",
     "HMAC_SHARED_SECRET_CALCOM": "test-calcom-secret",
+    "WEBHOOK_SECRET_SMARTLEAD": "test-smartlead-secret-A,test-smartlead-secret-B",
+    "WEBHOOK_SECRET_CALENDLY": "test-calendly-signing-key",
 }
 
 CRM_TABLES = (

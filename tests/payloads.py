@@ -6,6 +6,7 @@ import copy
 import hashlib
 import hmac
 import json
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INSTANTLY_SECRET = "test-instantly-secret-A"
 INSTANTLY_SECRET_ROTATED = "test-instantly-secret-B"
 CALCOM_SECRET = "test-calcom-secret"
+SMARTLEAD_SECRET = "test-smartlead-secret-A"
+SMARTLEAD_SECRET_ROTATED = "test-smartlead-secret-B"
+CALENDLY_SECRET = "test-calendly-signing-key"
 
 
 @cache
@@ -60,3 +64,22 @@ def signed_headers(raw: bytes, secret: str = INSTANTLY_SECRET, **extra: str) -> 
 
 def bearer_headers(secret: str = INSTANTLY_SECRET) -> dict[str, str]:
     return {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+
+
+def smartlead(
+    name: str = "email_reply", secret: str | None = SMARTLEAD_SECRET, **overrides: Any
+) -> dict[str, Any]:
+    """A Smartlead body carrying `secret` as its secret_key (None: no secret_key at all)."""
+    return fixture("smartlead", name, secret_key=secret, **overrides)
+
+
+def calendly_headers(
+    raw: bytes, secret: str = CALENDLY_SECRET, at: int | None = None
+) -> dict[str, str]:
+    """Calendly's signature of `raw` made at `at` (now by default), as Calendly sends it."""
+    stamp = int(time.time()) if at is None else at
+    signature = hmac.new(secret.encode(), f"{stamp}.".encode() + raw, hashlib.sha256).hexdigest()
+    return {
+        "Content-Type": "application/json",
+        "Calendly-Webhook-Signature": f"t={stamp},v1={signature}",
+    }

@@ -237,12 +237,63 @@ def test_bootstrap_defaults_to_the_servers_host_and_port() -> None:
     assert explicit.pg_superuser_url.get() == "postgresql+psycopg2://su@other/x"
 
 
-@pytest.mark.parametrize("name", ["DUPLICATE_STATUS_INSTANTLY", "DUPLICATE_STATUS_CALCOM"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DUPLICATE_STATUS_INSTANTLY",
+        "DUPLICATE_STATUS_CALCOM",
+        "DUPLICATE_STATUS_SMARTLEAD",
+        "DUPLICATE_STATUS_CALENDLY",
+    ],
+)
 def test_duplicate_status_is_409_or_200(name: str) -> None:
     assert load_settings({}).duplicate_status(name.rsplit("_", 1)[1].lower()) == 409
     assert load_settings({name: "200"}).duplicate_status(name.rsplit("_", 1)[1].lower()) == 200
     message = _refused({name: "204"})
     assert name in message and "409, 200" in message
+
+
+@pytest.mark.parametrize(
+    ("sender", "name"),
+    [("smartlead", "WEBHOOK_SECRET_SMARTLEAD"), ("calendly", "WEBHOOK_SECRET_CALENDLY")],
+)
+def test_in_production_a_sender_production_does_not_require_is_off_until_its_secret_is_set(
+    sender: str, name: str
+) -> None:
+    assert load_settings(PRODUCTION).webhook_secrets(sender) == ()  # not the development one
+    assert load_settings({**PRODUCTION, name: ""}).webhook_secrets(sender) == ()
+    real = "Zt6Uy1Ia8Sd3Fg5Hj7Kl"
+    assert [s.get() for s in load_settings({**PRODUCTION, name: real}).webhook_secrets(sender)] == [
+        real
+    ]
+    assert name in _refused({**PRODUCTION, name: "dev-whatever-change-me"})
+    assert name in _refused({**PRODUCTION, name: "short"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CALENDLY_SIGNATURE_TOLERANCE_SECONDS": "soon"}, "must be a whole number of seconds"),
+        ({"CALENDLY_SIGNATURE_TOLERANCE_SECONDS": "0"}, "must be at least 1"),
+        ({"SMARTLEAD_CATEGORY_STAGES": "Interested"}, "each entry is 'category=stage'"),
+        ({"SMARTLEAD_CATEGORY_STAGES": "=Lost"}, "SMARTLEAD_CATEGORY_STAGES"),
+    ],
+)
+def test_a_senders_own_setting_that_is_wrong_is_refused_naming_it(
+    env: dict[str, str], message: str
+) -> None:
+    assert message in _refused(env)
+
+
+def test_a_senders_own_settings_are_read() -> None:
+    settings = load_settings(
+        {"CALENDLY_SIGNATURE_TOLERANCE_SECONDS": "60", "SMARTLEAD_CATEGORY_STAGES": "Hot=Won"}
+    )
+    assert settings.sender_option("calendly") == {"tolerance_seconds": 60}
+    assert settings.sender_option("smartlead") == {"category_stages": {"hot": "Won"}}
+    assert load_settings({}).sender_option("smartlead")["category_stages"]["meeting request"] == (
+        "Meeting Booked"
+    )
 
 
 def test_production_names_every_missing_secret_at_once() -> None:

@@ -18,7 +18,16 @@ from tests.e2e.stack import ROOT, IsolatedStack, scalar
 from tests.e2e.test_faults import PROCESSED, assert_exactly_once, safe_count, send_all
 from tests.e2e.test_operations import scrape, value
 from tests.helpers import wait_for
-from tests.payloads import CALCOM_SECRET, encode, fixture, hmac_hex, reply, signed_headers
+from tests.payloads import (
+    CALCOM_SECRET,
+    calendly_headers,
+    encode,
+    fixture,
+    hmac_hex,
+    reply,
+    signed_headers,
+    smartlead,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +36,15 @@ def _delivery(provider: str) -> tuple[bytes, dict[str, str]]:
     if provider == "instantly":
         raw = encode(reply(f"dup-{uuid.uuid4().hex[:8]}@dup.example.com"))
         return raw, signed_headers(raw)
+    if provider == "smartlead":
+        return encode(smartlead(stats_id=f"dup-{uuid.uuid4()}")), {
+            "Content-Type": "application/json"
+        }
+    if provider == "calendly":
+        booking = fixture("calendly", "invitee_created")
+        booking["payload"]["uri"] = f"https://api.calendly.com/invitees/dup-{uuid.uuid4()}"
+        raw = encode(booking)
+        return raw, calendly_headers(raw)
     body: dict[str, Any] = fixture("calcom", "booking_created")
     body["payload"]["uid"] = f"dup-{uuid.uuid4()}"
     raw = encode(body)
@@ -38,7 +56,7 @@ def _delivery(provider: str) -> tuple[bytes, dict[str, str]]:
 
 
 @pytest.mark.parametrize("status", [409, 200])
-@pytest.mark.parametrize("provider", ["instantly", "calcom"])
+@pytest.mark.parametrize("provider", ["instantly", "calcom", "smartlead", "calendly"])
 def test_a_repeat_gets_the_configured_status_and_queues_nothing(
     isolated: IsolatedStack, provider: str, status: int
 ) -> None:
@@ -109,3 +127,17 @@ def test_crm_smoke_expects_the_configured_status(isolated: IsolatedStack) -> Non
     insisted = _smoke(isolated.env, url, "--duplicate-status", "409")
     assert insisted.returncode == 1
     assert "FAIL repeat delivery: 200 (want 409" in insisted.stdout
+
+
+@pytest.mark.parametrize("provider", ["smartlead", "calendly"])
+def test_crm_smoke_checks_any_sender(isolated: IsolatedStack, provider: str) -> None:
+    _, url = isolated.receiver()
+    isolated.worker()
+    passed = _smoke(isolated.env, url, "--provider", provider)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "ok   first delivery: 202" in passed.stdout
+    assert "ok   repeat delivery: 409" in passed.stdout
+    assert "(rolled back: nothing kept in the CRM)" in passed.stdout
+    wrong = _smoke(isolated.env, url, "--provider", provider, "--secret", "not-the-secret-at-all")
+    assert wrong.returncode == 1
+    assert f"one of the service's WEBHOOK_SECRET_{provider.upper()} values" in wrong.stdout

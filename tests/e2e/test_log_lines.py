@@ -102,7 +102,7 @@ def test_every_refusal_says_why_once_per_kind_and_interval(isolated: IsolatedSta
     expected = [
         "instantly delivery from 127.0.0.1 refused: Body is not valid UTF-8 JSON (400)",
         "unknown delivery from 127.0.0.1 refused: Unknown provider; this service takes:"
-        " calcom, instantly (404)",
+        " calcom, calendly, instantly, smartlead (404)",
         "instantly delivery from 127.0.0.1 refused: Method not allowed (405)",
         "instantly delivery from 127.0.0.1 refused: Content-Type must be application/json (415)",
         "instantly delivery from 127.0.0.1 refused: Body larger than 1048576 bytes (413)",

@@ -29,7 +29,17 @@ from tests.e2e.console_helpers import signed_in
 from tests.e2e.proxy import TcpProxy
 from tests.e2e.stack import ROOT, IsolatedStack, scalar, wait_processed
 from tests.helpers import wait_for
-from tests.payloads import CALCOM_SECRET, encode, fixture, hmac_hex, reply, signed_headers
+from tests.payloads import (
+    CALCOM_SECRET,
+    SMARTLEAD_SECRET,
+    calendly_headers,
+    encode,
+    fixture,
+    hmac_hex,
+    reply,
+    signed_headers,
+    smartlead,
+)
 from tests.redis_server import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
@@ -166,6 +176,17 @@ _CALCOM_BOOKING_FIELDS = (
     "metadata", "organizer", "attendees",
 )  # fmt: skip
 
+_SMARTLEAD_FIELDS = (
+    "event_type", "event_timestamp", "time_replied", "to_email", "lead_email", "to", "to_name",
+    "from_email", "campaign_id", "campaign_name", "sequence_number", "sl_email_lead_id",
+    "stats_id", "subject", "reply_message", "preview_text", "reply_body", "lead_category",
+    "category", "lead_data", "app_url",
+)  # fmt: skip
+_CALENDLY_INVITEE_FIELDS = (
+    "uri", "email", "name", "first_name", "last_name", "rescheduled", "old_invitee",
+    "cancellation", "scheduled_event", "cancel_url",
+)  # fmt: skip
+
 _hostile_text = st.one_of(
     st.text(min_size=0, max_size=50),
     st.text(alphabet=st.characters(codec="utf-8"), min_size=300, max_size=3000),
@@ -191,9 +212,28 @@ _hostile = st.one_of(
 
 @st.composite
 def hostile_deliveries(draw: st.DrawFn) -> tuple[str, bytes]:
-    """A signed delivery of either sender with hostile values in some fields the worker
-    reads (a lone surrogate is sent as its JSON escape, as a sender would)."""
-    if draw(st.booleans()):
+    """A signed delivery of any sender with hostile values in some fields the worker reads (a
+    lone surrogate is sent as its JSON escape, as a sender would)."""
+    provider = draw(st.sampled_from(["instantly", "calcom", "smartlead", "calendly"]))
+    if provider == "smartlead":
+        body = smartlead(stats_id=uuid.uuid4().hex)
+        for name in draw(st.lists(st.sampled_from(_SMARTLEAD_FIELDS), min_size=1, max_size=5)):
+            body[name] = draw(_hostile)
+        if draw(st.booleans()):
+            body["lead_category"] = {"new_name": draw(_hostile)}
+        body["secret_key"] = SMARTLEAD_SECRET  # the credentials stay good: the content is hostile
+        return provider, json.dumps(body, ensure_ascii=True).encode()
+    if provider == "calendly":
+        body = fixture("calendly", draw(st.sampled_from(CALENDLY_FIXTURES)))
+        body["payload"]["uri"] = f"https://api.calendly.com/invitees/{uuid.uuid4().hex}"
+        for name in draw(
+            st.lists(st.sampled_from(_CALENDLY_INVITEE_FIELDS), min_size=1, max_size=4)
+        ):
+            body["payload"][name] = draw(_hostile)
+        if draw(st.booleans()):
+            body[draw(st.sampled_from(["payload", "created_at", "event"]))] = draw(_hostile)
+        return provider, json.dumps(body, ensure_ascii=True).encode()
+    if provider == "instantly":
         body = reply(f"{uuid.uuid4().hex[:10]}@hostile.example.com")
         for name in draw(st.lists(st.sampled_from(_INSTANTLY_FIELDS), min_size=1, max_size=5)):
             body[name] = draw(_hostile)
@@ -207,9 +247,16 @@ def hostile_deliveries(draw: st.DrawFn) -> tuple[str, bytes]:
     return "calcom", json.dumps(body, ensure_ascii=True).encode()
 
 
+CALENDLY_FIXTURES = ("invitee_created", "invitee_canceled", "invitee_no_show_created")
+
+
 def _headers(provider: str, raw: bytes) -> dict[str, str]:
     if provider == "instantly":
         return signed_headers(raw)
+    if provider == "smartlead":
+        return {"content-type": "application/json"}
+    if provider == "calendly":
+        return calendly_headers(raw)
     return {"content-type": "application/json", "x-cal-signature-256": hmac_hex(raw, CALCOM_SECRET)}
 
 
