@@ -76,9 +76,10 @@ NO_SECRET_CONFIGURED = "no_secret_configured"
 NO_SECRET_MATCHED = "no_secret_matched"
 STALE_SIGNATURE = "stale_signature"
 DESCRIPTIONS = {
-    NO_CREDENTIALS: "no signature, bearer header or secret field",
+    NO_CREDENTIALS: "no signature or bearer header (or secret field)",
     REPEATED_HEADER: "the signature or Authorization header was sent more than once",
-    MALFORMED_SIGNATURE: "the signature is not in the sender's format",
+    MALFORMED_SIGNATURE: "the signature is malformed (not 64 hex digits, optionally after "
+    "sha256=, or not t=<seconds>,v1=<hex>; or the secret field is not text)",
     NOT_BEARER: "the Authorization header is not 'Bearer <secret>'",
     NO_SECRET_CONFIGURED: "no secret is configured for this provider",
     NO_SECRET_MATCHED: "no configured secret matched",

@@ -122,14 +122,14 @@ def test_a_repeat_is_409(stack: str) -> None:
             "the signature's timestamp is outside the allowed tolerance",
         ),
         ({"secret": "another-signing-key"}, "no configured secret matched"),
-        ({"raw": "v1=" + "a" * 64}, "the signature is not in the sender's format"),
-        ({"raw": "t=123,v1=zz"}, "the signature is not in the sender's format"),
-        ({"raw": "t=\u00b2,v1=" + "a" * 64}, "the signature is not in the sender's format"),
+        ({"raw": "v1=" + "a" * 64}, "the signature is malformed"),
+        ({"raw": "t=123,v1=zz"}, "the signature is malformed"),
+        ({"raw": "t=\u00b2,v1=" + "a" * 64}, "the signature is malformed"),
         (
             {"raw": "t=" + "9" * 5000 + ",v1=" + "a" * 64},
-            "the signature is not in the sender's format",
+            "the signature is malformed",
         ),
-        ({"raw": None}, "no signature, bearer header or secret field"),
+        ({"raw": None}, "no signature or bearer header (or secret field)"),
         ({"twice": True}, "the signature or Authorization header was sent more than once"),
     ],
     ids=[
@@ -164,7 +164,7 @@ def test_a_delivery_without_a_good_recent_signature_gets_401_and_changes_nothing
     assert answer.status_code == 401
     assert isolated.client.llen(QUEUE_NAME) == 0
     assert not isolated.client.keys(f"{IDEMPOTENCY_PREFIX}*")
-    line = f"calendly delivery from 127.0.0.1 refused: {reason} (401)"
+    line = f"calendly delivery from 127.0.0.1 refused: {reason}"
     wait_for(lambda: line in receiver.output(), message=f"no log line {line!r}")
 
 

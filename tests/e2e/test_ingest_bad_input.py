@@ -234,7 +234,9 @@ def test_unknown_provider_path_is_404(untouched: Quiet) -> None:
         f"{untouched.url}/webhooks/hubspot", content=raw, headers=signed_headers(raw)
     )
     _assert_error(response, 404, "provider")
-    assert response.json()["error"].endswith("this service takes: calcom, instantly")
+    assert response.json()["error"].endswith(
+        "this service takes: calcom, calendly, instantly, smartlead"
+    )
     untouched.assert_nothing_left()
 
 

@@ -16,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
+from common.senders import SENDERS
 from tests.e2e.stack import ROOT, IsolatedStack, Process, queue_reply, scalar, wait_processed
 from tests.helpers import wait_for
 from tests.payloads import INSTANTLY_SECRET, encode, reply, signed_headers
@@ -254,7 +255,7 @@ def test_healthz_details_names_each_dependency_and_readyz_keeps_its_meaning(
         "dependencies": {"redis": "ok", "postgresql": "ok"},
         "deliveries": "accepted",
         "parked": 0,
-        "duplicate_status": {"instantly": 409, "calcom": 409},
+        "duplicate_status": dict.fromkeys(SENDERS, 409),
     }
     _, url = isolated.receiver(PG_PORT=str(free_port()))  # no PostgreSQL there
     degraded = httpx.get(f"{url}/healthz/details", timeout=30).json()

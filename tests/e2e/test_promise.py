@@ -71,23 +71,35 @@ def _count(engine: Engine, ids: list[str], condition: str) -> int:
     return int(scalar(engine, FINAL.format(condition), ids=ids))
 
 
-def test_events_postgres_cannot_index_are_minimal_dead_letters_and_hold_up_nothing(
+def test_events_postgres_cannot_store_are_minimal_dead_letters_and_hold_up_nothing(
     isolated: IsolatedStack, superuser_engine: Engine
 ) -> None:
-    # What the receiver now refuses, queued as an older release (or a replay) could have:
-    # a lead e-mail of 4,000 random letters, which no B-tree index row can hold.
+    # What the receiver now refuses, queued as an older release (or a replay) could have: a
+    # NUL character, which no jsonb or text column takes, so not even the full dead letter
+    # can be written; and a lead e-mail of 4,000 random letters, which no B-tree index row
+    # could hold before the lead e-mail had a bounded column of its own (migration 008): now
+    # an ordinary dead letter.
     client = isolated.client
-    poison = [_envelope(reply(f"{_letters(4000)}@example.com")) for _ in range(60)]
+    poison = [_envelope(reply(reply_text=f"text\x00{i}")) for i in range(40)]
+    long_emails = [_envelope(reply(f"{_letters(4000)}@example.com")) for _ in range(20)]
     good = [_envelope(reply(f"good{i}@promise.example.com")) for i in range(60)]
-    for envelope in [*poison, *good]:
+    for envelope in [*poison, *long_emails, *good]:
         queue.enqueue(client, envelope, grace_seconds=300)
     isolated.worker(concurrency=2)
 
     good_ids = [envelope.event_id for envelope in good]
     poison_ids = [envelope.event_id for envelope in poison]
-    wait_processed(superuser_engine, good_ids + poison_ids, timeout=BOUND_SECONDS)
+    long_ids = [envelope.event_id for envelope in long_emails]
+    wait_processed(superuser_engine, good_ids + poison_ids + long_ids, timeout=BOUND_SECONDS)
     assert _count(superuser_engine, good_ids, "status = 'processed'") == 60
-    assert _count(superuser_engine, poison_ids, "status = 'dead'") == 60
+    assert _count(superuser_engine, poison_ids + long_ids, "status = 'dead'") == 60
+    reasons = scalar(
+        superuser_engine,
+        "SELECT array_agg(DISTINCT reason) FROM dead_letters"
+        " WHERE event_id = ANY(CAST(:ids AS uuid[])) AND NOT envelope ? 'unstorable'",
+        ids=long_ids,
+    )
+    assert reasons == ["invalid_payload"]
     rows = scalar(
         superuser_engine,
         "SELECT array_agg(DISTINCT reason) FROM dead_letters"
@@ -100,7 +112,7 @@ def test_events_postgres_cannot_index_are_minimal_dead_letters_and_hold_up_nothi
         "SELECT envelope ->> 'unstorable' FROM dead_letters WHERE event_id = CAST(:id AS uuid)",
         id=poison_ids[0],
     )
-    assert json.loads(kept)["payload"]["lead_email"] == poison[0].payload["lead_email"]
+    assert json.loads(kept)["payload"]["reply_text"] == poison[0].payload["reply_text"]
     wait_for(lambda: client.hlen(queue.INFLIGHT_KEY) == 0, message="events left in flight")
     assert client.llen(queue.QUEUE_NAME) == 0
 
