@@ -2,8 +2,9 @@
 
 1 bare   2 floor (and the floor with its Redis calls pipelined, as ingest's are)   3 ingest (wrk,
 distinct signed bodies), beside the naive peer (bench.naive)   4 drain (workers at concurrency 1
-and 2 against a plain psycopg2 loop and the naive peer's stock Celery task)   5 end to end at
-half the drain capacity   6 peak memory.
+and 2 against a plain psycopg2 loop, the worker's own set-based statements on one connection,
+and the naive peer's stock Celery task)   4b the batch size: drain and end to end at 20, 50, 100
+and 200   5 end to end at half the drain capacity   6 peak memory.
 Writes bench/results.json and prints a table.
 """
 
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from sqlalchemy import Engine, create_engine, pool, text
 
 from bench.console import measure_console
 from bench.naive import NAIVE_QUEUE, NAIVE_TASK
-from bench.reference import run_reference
+from bench.reference import run_reference, run_setbased_reference
 from bench.stack import (
     ROOT,
     Child,
@@ -233,6 +234,7 @@ def measure_drain(bench: _Bench) -> dict[str, Any]:
     dsn = settings.pg_url().replace("postgresql+psycopg2://", "postgresql://")
     runs: dict[str, list[float]] = {
         "reference": [],
+        "setbased": [],
         "concurrency_1": [],
         "concurrency_2": [],
         "naive_concurrency_2": [],
@@ -245,6 +247,13 @@ def measure_drain(bench: _Bench) -> dict[str, Any]:
             for i in range(args.drain_events)
         ]
         runs["reference"].append(round(run_reference(dsn, envelopes), 1))
+        _reset(settings, bench.client)
+        envelopes = [
+            envelope_for(sample_payload(i, f"set{round_index}"), f"bench:set{round_index}:{i}")
+            for i in range(args.drain_events)
+        ]
+        rate = run_setbased_reference(dsn, envelopes, settings.worker_batch_size)
+        runs["setbased"].append(round(rate, 1))
         for concurrency in (1, 2):
             rate, peaks = _drain_with_worker(bench, concurrency, f"c{concurrency}r{round_index}")
             runs[f"concurrency_{concurrency}"].append(round(rate, 1))
@@ -255,6 +264,8 @@ def measure_drain(bench: _Bench) -> dict[str, Any]:
     return {
         "events": args.drain_events,
         "reference_eps": best["reference"],
+        "setbased_eps": best["setbased"],
+        "setbased_batch": settings.worker_batch_size,
         "concurrency_1_eps": best["concurrency_1"],
         "concurrency_2_eps": best["concurrency_2"],
         "naive_concurrency_2_eps": best["naive_concurrency_2"],
@@ -262,6 +273,7 @@ def measure_drain(bench: _Bench) -> dict[str, Any]:
         "c1_over_reference": round(best["concurrency_1"] / best["reference"], 3),
         "c2_over_reference": round(best["concurrency_2"] / best["reference"], 3),
         "c2_over_naive": round(best["concurrency_2"] / best["naive_concurrency_2"], 3),
+        "c2_over_setbased": round(best["concurrency_2"] / best["setbased"], 3),
         "naive_over_reference": round(best["naive_concurrency_2"] / best["reference"], 3),
         "memory_worker_c1_mb": memory[1],
         "memory_worker_c2_mb": memory[2],
@@ -303,7 +315,23 @@ def _end_to_end_round(bench: _Bench, delay_ms: float, seconds: float) -> dict[st
     }
 
 
-def measure_end_to_end(bench: _Bench, capacity: float) -> dict[str, Any]:
+def measure_batch_sizes(bench: _Bench, sizes: list[int]) -> dict[str, Any]:
+    """For each WORKER_BATCH_SIZE: the drain at concurrency 2 from a backlog, and end to end at
+    half of that (one round each: the default's own figures are parts 4 and 5)."""
+    measured: dict[str, Any] = {}
+    for size in sizes:
+        sized = replace(bench, env=bench.env | {"WORKER_BATCH_SIZE": str(size)})
+        rate, _ = _drain_with_worker(sized, 2, f"size{size}")
+        e2e = measure_end_to_end(sized, rate, rounds=1)
+        measured[str(size)] = {
+            "drain_c2_eps": round(rate, 1),
+            "end_to_end_p99_ms": e2e["p99_ms"],
+            "end_to_end_rate": e2e["achieved_rate"],
+        }
+    return measured
+
+
+def measure_end_to_end(bench: _Bench, capacity: float, rounds: int = 0) -> dict[str, Any]:
     """POST to committed rows at half the measured drain capacity (a fixed rate from wrk), in
     rounds; the round with the median p99 is reported, all rounds are kept.
 
@@ -321,15 +349,17 @@ def measure_end_to_end(bench: _Bench, capacity: float) -> dict[str, Any]:
         overhead_ms = _E2E_CONNECTIONS * 1000 / achieved - delay_ms
         delay_ms = round(max(1.0, period_ms - overhead_ms), 2)
     seconds = bench.args.seconds * 2
-    rounds = [_end_to_end_round(bench, delay_ms, seconds) for _ in range(bench.args.e2e_rounds)]
-    median = sorted(rounds, key=lambda r: r["p99_ms"])[len(rounds) // 2]
+    measured = [
+        _end_to_end_round(bench, delay_ms, seconds) for _ in range(rounds or bench.args.e2e_rounds)
+    ]
+    median = sorted(measured, key=lambda r: r["p99_ms"])[len(measured) // 2]
     return {
         "target_rate": round(rate, 1),
         "delay_ms": delay_ms,
         "calibration_rates": calibration_rates,
         **median,
-        "all_p99_ms": [r["p99_ms"] for r in rounds],
-        "all_rates": [r["achieved_rate"] for r in rounds],
+        "all_p99_ms": [r["p99_ms"] for r in measured],
+        "all_rates": [r["achieved_rate"] for r in measured],
     }
 
 
@@ -404,6 +434,12 @@ def _table(results: dict[str, Any]) -> str:
             "psycopg2 loop, one transaction per event",
         ),
         (
+            "4 drain set",
+            f"{drain['setbased_eps']:,.0f} ev/s",
+            f"the worker's set-based statements, one connection, batches of "
+            f"{drain['setbased_batch']}",
+        ),
+        (
             "4 drain c=1",
             f"{drain['concurrency_1_eps']:,.0f} ev/s",
             f"{drain['c1_over_reference']} x reference",
@@ -411,7 +447,16 @@ def _table(results: dict[str, Any]) -> str:
         (
             "4 drain c=2",
             f"{drain['concurrency_2_eps']:,.0f} ev/s",
-            f"{drain['c2_over_reference']} x reference, {drain['c2_over_naive']} x naive",
+            f"{drain['c2_over_reference']} x reference, {drain['c2_over_naive']} x naive, "
+            f"{drain['c2_over_setbased']} x set-based",
+        ),
+        *(
+            (
+                f"4b batch {size}",
+                f"{each['drain_c2_eps']:,.0f} ev/s",
+                f"c=2; end to end at half that: p99 {each['end_to_end_p99_ms']} ms",
+            )
+            for size, each in results.get("batch_sizes", {}).items()
         ),
         (
             "4 drain naive",
@@ -449,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-events", type=int, default=10_000, help="events per drain run")
     parser.add_argument("--drain-rounds", type=int, default=2, help="interleaved drain rounds")
     parser.add_argument("--e2e-rounds", type=int, default=3, help="end-to-end rounds (median)")
+    parser.add_argument(
+        "--batch-sizes",
+        default="20,50,100,200",
+        help="WORKER_BATCH_SIZE values part 4b measures (default 20,50,100,200; '' skips it)",
+    )
     parser.add_argument("--redis-db", type=int, default=15, help="scratch Redis DB (flushed)")
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument(
@@ -513,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print("bench: 4 drain ...", file=sys.stderr)
         results["drain"] = measure_drain(bench)
+        sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
+        if sizes:
+            print("bench: 4b batch sizes ...", file=sys.stderr)
+            results["batch_sizes"] = measure_batch_sizes(bench, sizes)
         print("bench: 5 end to end ...", file=sys.stderr)
         capacity = results["drain"]["concurrency_2_eps"]
         results["end_to_end"] = measure_end_to_end(bench, capacity)
@@ -528,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         results["drain_over_reference"] = results["drain"]["c2_over_reference"]
         results["ingest_over_naive"] = results["ingest"]["ingest_over_naive"]
         results["drain_over_naive"] = results["drain"]["c2_over_naive"]
+        results["drain_over_setbased"] = results["drain"]["c2_over_setbased"]
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(_table(results))
         print(f"\nwritten to {RESULTS.relative_to(ROOT)}")

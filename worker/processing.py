@@ -1,5 +1,7 @@
-"""One event, one transaction: the durable guard row, the CRM effects and the event's outcome
-commit together, so a redelivered or replayed envelope finds the row and does nothing twice."""
+"""A batch of events, one transaction: the durable guard rows, the CRM effects and the events'
+outcomes commit together, so a redelivered or replayed envelope finds its row and does nothing
+twice. One path for any size: a single event is a batch of one. Each table is written with one
+statement for the whole batch (worker.effects, db.batch)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,8 @@ from sqlalchemy import Connection, Engine
 from common.envelope import Envelope, EnvelopeError
 from common.senders import SENDERS, event_time, is_smoke_test, lead_email
 from common.settings import get_settings
-from db import events
+from db import batch as batch_db
 from worker import effects
-from worker.effects import effect_for, handle_event
 from worker.errors import InvalidPayload, UnknownProvider
 
 
@@ -40,10 +41,10 @@ class Outcome:
 
 def process_batch(engine: Engine, batch: Sequence[tuple[Envelope, int]]) -> list[Outcome]:
     """Events (each with its attempt number) in one transaction: one commit for all, and all or
-    nothing. A caller whose batch fails runs its events one by one (a batch of one), so a
-    single bad event costs the others only the retry."""
+    nothing. A caller whose batch fails runs it again in smaller pieces, down to one event, so
+    a single bad event costs the others only a retry."""
     with engine.begin() as conn:
-        return [apply_event(conn, envelope, attempts=attempts) for envelope, attempts in batch]
+        return apply_batch(conn, batch)
 
 
 def _die_if_poisoned(envelope: Envelope) -> None:
@@ -54,50 +55,115 @@ def _die_if_poisoned(envelope: Envelope) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def apply_event(conn: Connection, envelope: Envelope, *, attempts: int) -> Outcome:
-    """The event's guard row, effects and outcome, inside the caller's transaction."""
+@dataclass(frozen=True)
+class _Event:
+    envelope: Envelope
+    row: batch_db.NewEvent
+    time_source: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.envelope.provider, self.envelope.idempotency_key
+
+
+def _event(envelope: Envelope, attempts: int) -> _Event:
     received_at = datetime.fromisoformat(envelope.received_at)
     occurred_at, time_source = event_time(envelope.provider, envelope.payload, received_at)
-    claim = events.claim_event(
-        conn,
+    row = batch_db.NewEvent(
         event_id=UUID(envelope.event_id),
         provider=envelope.provider,
         event_type=envelope.event_type,
         idempotency_key=envelope.idempotency_key,
+        attempts=attempts,
         payload=envelope.payload,
         received_at=received_at,
         occurred_at=occurred_at,
         lead_email=lead_email(envelope.provider, envelope.payload),
-        attempts=attempts,
     )
-    if claim.done:
-        return Outcome("duplicate", claim.result or {})
-    _die_if_poisoned(envelope)
-    settings = get_settings()
-    effect = effect_for(
-        envelope,
-        engagement_activities=settings.engagement_activities,
-        options=settings.sender_option(envelope.provider),
-    )
-    # Which time the event's activity carries: the sender's, or our receipt's.
-    timing = {"occurred_at": occurred_at.isoformat(), "time_source": time_source}
-    if effect is None:
-        result = effects.result("ignored") | {"ignored": f"no effect for {envelope.event_type}"}
-        result |= timing
-        events.finish_event(conn, event_id=claim.event_id, status="ignored", result=result)
-        return Outcome("ignored", result)
-    if effect.stores_only:
-        result = effects.result("stored")  # the webhook_events row is the whole effect
-    elif is_smoke_test(envelope.provider, envelope.idempotency_key, envelope.payload):
-        # Every statement runs, then the CRM rows go: the event row says it was a smoke test.
+    return _Event(envelope, row, time_source)
+
+
+def apply_batch(conn: Connection, batch: Sequence[tuple[Envelope, int]]) -> list[Outcome]:
+    """The events' guard rows, effects and outcomes, inside the caller's transaction; an
+    Outcome per event, in order."""
+    events = [_event(envelope, attempts) for envelope, attempts in batch]
+    # A key twice in one batch (a replay beside its original): the first is applied, and
+    # the others are its duplicates, as they would be one after another.
+    first: dict[tuple[str, str], int] = {}
+    for index, each in enumerate(events):
+        first.setdefault(each.key, index)
+    claims = batch_db.claim_events(conn, [events[index].row for index in first.values()])
+    outcomes: dict[int, Outcome] = {}
+    to_apply: list[tuple[int, UUID]] = []
+    for key, index in first.items():
+        claim = claims[key]
+        if claim.done:
+            outcomes[index] = Outcome("duplicate", claim.result or {})
+            continue
+        _die_if_poisoned(events[index].envelope)
+        to_apply.append((index, claim.event_id))
+    smoke = [entry for entry in to_apply if _is_smoke(events[entry[0]])]
+    real = [entry for entry in to_apply if not _is_smoke(events[entry[0]])]
+    finished = _apply(conn, events, real)
+    if smoke:
+        # Every statement runs, then the CRM rows go: the event rows say it was a smoke test.
         savepoint = conn.begin_nested()
         try:
-            result = handle_event(conn, envelope, effect)
+            tried = _apply(conn, events, smoke)
         finally:
             savepoint.rollback()
-        result |= {"smoke_test": "applied, then rolled back: no CRM rows kept"}
-    else:
-        result = handle_event(conn, envelope, effect)
-    result |= timing
-    events.finish_event(conn, event_id=claim.event_id, status="processed", result=result)
-    return Outcome("processed", result)
+        note = {"smoke_test": "applied, then rolled back: no CRM rows kept"}
+        finished |= {
+            index: Outcome(
+                each.status, each.result | note if each.status == "processed" else each.result
+            )
+            for index, each in tried.items()
+        }
+    batch_db.finish_events(
+        conn,
+        [(row_id, finished[index].status, finished[index].result) for index, row_id in to_apply],
+    )
+    outcomes |= finished
+    for index, each in enumerate(events):
+        if index not in outcomes:
+            outcomes[index] = Outcome("duplicate", outcomes[first[each.key]].result)
+    return [outcomes[index] for index in range(len(events))]
+
+
+def _is_smoke(event: _Event) -> bool:
+    envelope = event.envelope
+    return is_smoke_test(envelope.provider, envelope.idempotency_key, envelope.payload)
+
+
+def _apply(
+    conn: Connection, events: list[_Event], entries: list[tuple[int, UUID]]
+) -> dict[int, Outcome]:
+    """Each event's effect carried out: ignored, stored, or CRM rows (set-based)."""
+    settings = get_settings()
+    finished: dict[int, Outcome] = {}
+    planned: list[tuple[int, effects.Planned]] = []
+    for index, _ in entries:
+        event = events[index]
+        envelope = event.envelope
+        effect = effects.effect_for(
+            envelope,
+            engagement_activities=settings.engagement_activities,
+            options=settings.sender_option(envelope.provider),
+        )
+        if effect is None:
+            result = effects.result("ignored") | {"ignored": f"no effect for {envelope.event_type}"}
+            finished[index] = Outcome("ignored", result | _timing(event))
+        elif effect.stores_only:
+            # The webhook_events row is the whole effect.
+            finished[index] = Outcome("processed", effects.result("stored") | _timing(event))
+        else:
+            planned.append((index, effects.plan(envelope, effect, event.row.occurred_at)))
+    results = effects.carry_out(conn, [each for _, each in planned]) if planned else []
+    for (index, _), result in zip(planned, results, strict=True):
+        finished[index] = Outcome("processed", result | _timing(events[index]))
+    return finished
+
+
+def _timing(event: _Event) -> dict[str, str]:
+    """Which time the event's activity carries: the sender's, or our receipt's."""
+    return {"occurred_at": event.row.occurred_at.isoformat(), "time_source": event.time_source}
