@@ -82,7 +82,7 @@ BATCH_FALLBACKS = Counter(
 BATCH_EVENTS = Histogram(
     "crm_event_batch_size",
     "Events a worker committed in one transaction (more than one only under a backlog).",
-    buckets=(1, 2, 5, 10, 20, 50, 100),
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
 )
 
 

@@ -40,7 +40,7 @@ def _half_capacity(client: redis.Redis, engine: Engine) -> float:
     """Half of what a steady trickle of deliveries can be processed at, on this machine now.
 
     A backlog is measured here first (1,000 events queued at once, drained by the session's
-    worker). A backlog is committed in batches of up to 20 events; a steady trickle arrives a
+    worker). A backlog is committed in batches of up to 100 events; a steady trickle arrives a
     few at a time, each event with a Celery delivery and a commit of its own, at about twice
     the CPU (on the 2-core machine: ~340 events/s of trickle kept both cores ~85 % busy while a
     backlog drained at ~790). So half the trickle capacity is about a quarter of the backlog's.
