@@ -67,20 +67,11 @@ def _no_lead(lead: str, n: int) -> dict[str, Any]:
     return reply(None, lead_email=None, email=None, email_id=f"bad{n}")  # invalid: no lead
 
 
+# Every type Instantly and Cal.com document, and a custom label; some of the others'.
 KINDS: dict[str, tuple[str, Callable[[str, int], dict[str, Any]]]] = {
-    "reply": ("instantly", _instantly("reply_received")),
-    "interested": ("instantly", _instantly("lead_interested")),
-    "meeting": ("instantly", _instantly("lead_meeting_booked")),
-    "won": ("instantly", _instantly("lead_closed")),
-    "lost": ("instantly", _instantly("lead_not_interested")),
-    "bounce": ("instantly", _instantly("email_bounced")),
-    "neutral": ("instantly", _instantly("lead_neutral")),
-    "sent": ("instantly", _instantly("email_sent")),
-    "campaign": ("instantly", _instantly("campaign_completed")),
+    **{kind: ("instantly", _instantly(kind)) for kind in SENDERS["instantly"].effects},
+    **{kind: ("calcom", _booking(kind)) for kind in SENDERS["calcom"].effects},
     "label": ("instantly", _instantly("Hot lead")),
-    "booked": ("calcom", _booking("BOOKING_CREATED")),
-    "cancelled": ("calcom", _booking("BOOKING_CANCELLED")),
-    "requested": ("calcom", _booking("BOOKING_REQUESTED")),
     "sl_reply": ("smartlead", _smartlead("EMAIL_REPLY")),
     "sl_category": ("smartlead", _smartlead("LEAD_CATEGORY_UPDATED", "Meeting Request")),
     "sl_unsubscribed": ("smartlead", _smartlead("LEAD_UNSUBSCRIBED")),
@@ -199,7 +190,7 @@ def _empty(engine: Engine) -> None:
 
 
 DIFFERENTIAL = hypothesis.settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
