@@ -75,7 +75,8 @@ PROCESSING_SECONDS = Histogram(
 
 BATCH_FALLBACKS = Counter(
     "crm_batch_fallbacks_total",
-    "Batches that failed as a whole and were applied again in halves, by cause "
+    "Batches that failed as a whole and were applied again in halves (one by one after a "
+    "transient failure), by cause "
     "(deadlock, serialization_failure, lock_timeout, or the error's class).",
     ["cause"],
 )
