@@ -102,8 +102,11 @@ def apply_batch(conn: Connection, batch: Sequence[tuple[Envelope, int]]) -> list
             continue
         _die_if_poisoned(events[index].envelope)
         to_apply.append((index, claim.event_id))
-    smoke = [entry for entry in to_apply if _is_smoke(events[entry[0]])]
-    real = [entry for entry in to_apply if not _is_smoke(events[entry[0]])]
+    smoke: list[tuple[int, UUID]] = []
+    real: list[tuple[int, UUID]] = []
+    for entry in to_apply:
+        row = events[entry[0]].row
+        (smoke if is_smoke_test(row.idempotency_key, row.lead_email) else real).append(entry)
     finished = _apply(conn, events, real)
     if smoke:
         # Every statement runs, then the CRM rows go: the event rows say it was a smoke test.
@@ -128,11 +131,6 @@ def apply_batch(conn: Connection, batch: Sequence[tuple[Envelope, int]]) -> list
         if index not in outcomes:
             outcomes[index] = Outcome("duplicate", outcomes[first[each.key]].result)
     return [outcomes[index] for index in range(len(events))]
-
-
-def _is_smoke(event: _Event) -> bool:
-    envelope = event.envelope
-    return is_smoke_test(envelope.provider, envelope.idempotency_key, envelope.payload)
 
 
 def _apply(
