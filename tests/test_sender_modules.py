@@ -9,12 +9,12 @@ import ast
 import io
 import re
 import tokenize
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from common.senders import SENDERS, events_table
+from common.senders import SENDERS, events_table, setup_table
 from common.senders.kit import Sender
 from common.settings import load_settings
 
@@ -124,6 +124,7 @@ class _Headers:
         return [] if value is None else [value]
 
 
-def test_the_readme_table_of_events_is_the_registrys() -> None:
+@pytest.mark.parametrize("table", [setup_table, events_table], ids=lambda table: table.__name__)
+def test_the_readme_tables_are_the_registrys(table: Callable[[], str]) -> None:
     readme = (ROOT / "README.md").read_text()
-    assert events_table() in readme, "README.md: paste `python -m common.senders`"
+    assert table() in readme, "README.md: paste `python -m common.senders`"

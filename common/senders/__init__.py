@@ -114,6 +114,20 @@ def _does(effect: Effect) -> str:
     return ", ".join(done)
 
 
+def setup_table() -> str:
+    """The README's table of where each sender's URL and secret go, from every sender."""
+    lines = [
+        "| sender | route | where it goes in the sender, and how the secret travels | secrets |",
+        "|---|---|---|---|",
+    ]
+    for sender in SENDERS.values():
+        lines.append(
+            f"| {sender.title} | `/webhooks/{sender.name}` | {sender.setup} "
+            f"| `{sender.secret_setting}` |"
+        )
+    return "\n".join(lines)
+
+
 def events_table() -> str:
     """The README's table of events, from every sender's effects table."""
     lines = ["| sender | event type | effect | why |", "|---|---|---|---|"]

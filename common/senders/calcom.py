@@ -157,8 +157,8 @@ SENDER = Sender(
     parse=_parse,
     smoke_event=_smoke_event,
     deliver=_deliver,
-    setup="Settings → Developer → Webhooks: the URL, and the secret as its signing secret "
-    f"(sent as `{SIGNATURE_HEADER}`)",
+    setup="Settings → Developer → Webhooks: the URL and the secret as its signing secret "
+    f"(`{SIGNATURE_HEADER}`); its `no-secret-provided` placeholder is always refused",
     security_schemes={"calcomSignature": (SIGNATURE_HEADER, "<hex>")},
     auth_doc=f"`{SIGNATURE_HEADER}` only (hex HMAC-SHA256 of the raw body)",
 )

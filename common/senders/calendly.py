@@ -234,9 +234,10 @@ SENDER = Sender(
     smoke_event=_smoke_event,
     deliver=_deliver,
     options=OPTIONS,
-    setup="a webhook subscription made through Calendly's API (`POST /webhook_subscriptions` "
-    "with the URL, the invitee events and the secret as its `signing_key`); Calendly signs "
-    f"every delivery with it in `{SIGNATURE_HEADER}`",
+    setup="a webhook subscription made with Calendly's API (`POST /webhook_subscriptions` with "
+    "the URL, the `invitee.*` events and the secret as `signing_key`); Calendly signs "
+    f"`{SIGNATURE_HEADER}: t=…,v1=…`, refused when `t` is over "
+    "`CALENDLY_SIGNATURE_TOLERANCE_SECONDS` from now",
     security_schemes={"calendlySignature": (SIGNATURE_HEADER, "t=<unix seconds>,v1=<hex>")},
     auth_doc=f"`{SIGNATURE_HEADER}: t=<unix seconds>,v1=<hex>`, HMAC-SHA256 of `<t>.<raw body>`; "
     "a `t` more than CALENDLY_SIGNATURE_TOLERANCE_SECONDS from now is refused",

@@ -228,9 +228,9 @@ SENDER = Sender(
     parse=_parse,
     smoke_event=_smoke_event,
     deliver=_deliver,
-    setup="Settings → Integrations → Webhooks: the URL, and a custom header "
+    setup="Settings → Integrations → Webhooks: the URL and a custom header "
     "`Authorization: Bearer <secret>` (Instantly cannot sign; a relay that can may send "
-    f"`{SIGNATURE_HEADER}: sha256=<hex HMAC-SHA256 of the body>` instead)",
+    f"`{SIGNATURE_HEADER}: sha256=<hex HMAC-SHA256 of the body>`)",
     security_schemes={
         "instantlySignature": (SIGNATURE_HEADER, "sha256=<hex> or <hex>"),
         "instantlyBearer": ("Authorization", "Bearer <HMAC_SHARED_SECRET_INSTANTLY>"),

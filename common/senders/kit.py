@@ -119,7 +119,7 @@ class Sender:
     smoke_event: Callable[[str, str], dict[str, Any]]
     # How the sender delivers a body with a secret: (body, headers), for crm-smoke and tests.
     deliver: Callable[[dict[str, Any], str, int], tuple[bytes, dict[str, str]]]
-    # Where in the sender's settings the URL and secret go, for the README and crm-run.
+    # Where in the sender's settings the URL and secret go: the README's table (setup_table).
     setup: str
     aliases: Mapping[str, str] = field(default_factory=dict)
     # The sender the service was first built for (one is): crm-smoke's default.

@@ -249,8 +249,9 @@ SENDER = Sender(
     deliver=_deliver,
     secret_fields=(SECRET_FIELD,),
     options=OPTIONS,
-    setup="Settings → Webhooks (or a campaign's Webhooks tab): the URL, and the secret as the "
-    "webhook's Secret Key, which Smartlead sends as `secret_key` in every body",
+    setup="Settings → Webhooks (or a campaign's Webhooks tab): the URL and the secret as the "
+    "webhook's Secret Key, which Smartlead sends as `secret_key` inside every body (never "
+    "stored or logged here); a relay may send `Authorization: Bearer <secret>`",
     security_schemes={"smartleadBearer": ("Authorization", "Bearer <WEBHOOK_SECRET_SMARTLEAD>")},
     auth_doc="the body's `secret_key` field (never stored), or `Authorization: Bearer <secret>` "
     "from a relay; a present but wrong `secret_key` fails even beside a good bearer secret",
