@@ -85,7 +85,9 @@ def test_the_worker_rides_out_a_full_redis_and_loses_nothing(
     limited: IsolatedStack, superuser_engine: Engine
 ) -> None:
     client = limited.client
-    worker = limited.worker(concurrency=2)
+    # One event per task: the consumer's own bookkeeping for each, and a drain slow enough
+    # (seconds, not the half second set-based batches of 100 take) to be met mid-way.
+    worker = limited.worker(concurrency=2, WORKER_BATCH_SIZE="1")
     event_ids = [queue_reply(client, body) for body in leads(2000, "oom")]
     # Full for good while the worker drains: every write and every MULTI refused, the
     # consumer's own bookkeeping included.
