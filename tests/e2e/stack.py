@@ -111,6 +111,13 @@ def queue_idle(client: redis.Redis) -> bool:
     return client.llen(QUEUE_NAME) == 0 and client.hlen("unacked") == 0
 
 
+def delivery_keys(client: redis.Redis) -> set[bytes]:
+    """The crm:* keys a delivery could have left. Every worker notes the queue's depth once a
+    minute whatever arrives, and the run's first note can land mid-test, so that key is not
+    one of them."""
+    return set(client.scan_iter("crm:*")) - {queue.DEPTH_HISTORY_KEY.encode()}
+
+
 def scalar(engine: Engine, sql: str, **params: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar()

@@ -32,7 +32,7 @@ from common.queue import QUEUE_NAME
 from common.settings import Settings
 from db import dead_letters
 from ingest.openapi import SPEC
-from tests.e2e.stack import queue_idle, reply_envelope, scalar, wait_processed
+from tests.e2e.stack import delivery_keys, queue_idle, reply_envelope, scalar, wait_processed
 from tests.helpers import wait_for
 from tests.payloads import (
     CALCOM_SECRET,
@@ -198,10 +198,6 @@ def deliveries(draw: st.DrawFn) -> Delivery:
     return Delivery(provider, body, headers, valid_auth, is_json)
 
 
-def _crm_keys(client: redis.Redis) -> set[bytes]:
-    return set(client.scan_iter("crm:*"))
-
-
 def test_fuzzed_deliveries_never_break_the_receiver_or_leave_anything_behind(
     stack: str, redis_client: redis.Redis, superuser_engine: Engine, settings: Settings
 ) -> None:
@@ -211,7 +207,7 @@ def test_fuzzed_deliveries_never_break_the_receiver_or_leave_anything_behind(
     @FUZZ
     @given(delivery=deliveries())
     def check(delivery: Delivery) -> None:
-        keys_before = _crm_keys(redis_client)
+        keys_before = delivery_keys(redis_client)
         assert redis_client.llen(QUEUE_NAME) == 0
         response = httpx.post(
             f"{stack}/webhooks/{delivery.provider}",
@@ -220,7 +216,7 @@ def test_fuzzed_deliveries_never_break_the_receiver_or_leave_anything_behind(
             timeout=30,
         )
         _assert_safe(response, secrets)
-        new_keys = _crm_keys(redis_client) - keys_before
+        new_keys = delivery_keys(redis_client) - keys_before
         if response.status_code != 202:
             assert redis_client.llen(QUEUE_NAME) == 0, "a refused delivery was queued"
             assert new_keys == set(), f"a refused delivery left {new_keys}"
@@ -469,7 +465,7 @@ def test_right_to_left_text_is_stored_verbatim(
 
 
 def _assert_nothing_left(client: redis.Redis, engine: Engine) -> None:
-    assert list(client.scan_iter("crm:*")) == [], "an idempotency key or marker was left"
+    assert delivery_keys(client) == set(), "an idempotency key or marker was left"
     assert client.llen(QUEUE_NAME) == 0, "a message was queued"
     assert scalar(engine, "SELECT count(*) FROM webhook_events") == 0
 
