@@ -12,7 +12,8 @@ import sys
 
 import redis
 
-from common.settings import SettingsError, get_settings
+from common.redis_clients import connect
+from common.settings import RedisTarget, SettingsError, get_settings
 from common.tokens import CONSOLE_EPOCH_KEY, ROLES, issue_link_token
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crm-console-link: {exc}", file=sys.stderr)
         return 2
     if args.revoke_all:
-        return _revoke_all(settings.redis_url)
+        return _revoke_all(settings.redis)
     base = (args.url or f"http://127.0.0.1:{settings.ingest_port}").rstrip("/")
     token = issue_link_token(
         settings.jwt_secret.get(), sub=args.sub, role=args.role, ttl_seconds=args.ttl
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _revoke_all(redis_url: str) -> int:
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+def _revoke_all(target: RedisTarget) -> int:
+    client = connect(target, timeout=10)
     try:
         client.incr(CONSOLE_EPOCH_KEY)
     except redis.RedisError as exc:

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.redis_clients import connect
 from common.replay import ANY_STATUS, Actor, Outcome, Replayer, Summary, filters_from
 from common.senders import SENDERS
 from common.settings import SettingsError, load_settings
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crm-dlq: {exc}", file=sys.stderr)
         return 2
     engine = make_engine(settings.pg_url(), pool_size=1, application_name="crm-dlq")
-    client = redis.Redis.from_url(settings.celery_broker_url, socket_connect_timeout=5)
+    client = connect(settings.broker, timeout=10)
     try:
         with engine.connect() as conn:
             if args.command == "list":

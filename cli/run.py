@@ -15,12 +15,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from urllib.parse import urlsplit
 
 import redis
 
 from cli import ports
 from common.queue import QUEUE_NAME
+from common.redis_clients import connect
 from common.senders import SENDERS
 from common.settings import Settings, SettingsError, load_settings
 from db import cli as db_cli
@@ -77,14 +77,10 @@ def worker_command(
 
 def check_redis(settings: Settings) -> str | None:
     """None when Redis answers; otherwise the one line that tells the operator what to do."""
-    for name, url in {
-        "REDIS_URL": settings.redis_url,
-        "CELERY_BROKER_URL": settings.celery_broker_url,
-    }.items():
-        parts = urlsplit(url)
-        where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
+    for name, target in {"REDIS_URL": settings.redis, "CELERY_BROKER_URL": settings.broker}.items():
+        where = target.describe()
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+            connect(target, timeout=5, connect_timeout=3).ping()
         except redis.AuthenticationError as exc:  # a ConnectionError to redis-py, yet an answer
             return f"Redis at {where} ({name}) answered: {exc}"
         except (redis.ConnectionError, redis.TimeoutError):

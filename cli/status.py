@@ -60,10 +60,10 @@ def _once(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings.pg_url(), pool_size=1, application_name="crm-status")
     try:
         snapshot = overview.take(
-            settings.redis_url,
-            settings.celery_broker_url,
+            settings.redis,
+            settings.broker,
             engine,
-            workers=lambda: overview.ping_workers(settings.celery_broker_url, args.ping_timeout),
+            workers=lambda: overview.ping_workers(settings.broker, args.ping_timeout),
         )
     finally:
         engine.dispose()

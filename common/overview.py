@@ -17,6 +17,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import queue
+from common.redis_clients import celery_broker, connect
+from common.settings import RedisTarget
 from db import dead_letters, events
 from db.engine import server_reason
 
@@ -41,18 +43,18 @@ class Overview:
         return asdict(self)
 
 
-def dependencies(redis_urls: dict[str, str], engine: Engine) -> dict[str, str]:
+def dependencies(redis_targets: dict[str, RedisTarget], engine: Engine) -> dict[str, str]:
     """Each dependency's state: "ok" or the error it gave (never a URL or a secret).
-    `redis_urls`: name -> URL (REDIS_URL and, when it differs, the broker's)."""
-    with _clients(redis_urls) as clients:
+    `redis_targets`: name -> target (REDIS_URL's and, when it differs, the broker's)."""
+    with _clients(redis_targets) as clients:
         return _states(clients, engine)
 
 
 @contextmanager
-def _clients(redis_urls: dict[str, str]) -> Iterator[dict[str, redis.Redis]]:
+def _clients(redis_targets: dict[str, RedisTarget]) -> Iterator[dict[str, redis.Redis]]:
     clients = {
-        name: redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        for name, url in redis_urls.items()
+        name: connect(target, timeout=5, connect_timeout=2)
+        for name, target in redis_targets.items()
     }
     try:
         yield clients
@@ -78,32 +80,32 @@ def _states(clients: dict[str, redis.Redis], engine: Engine) -> dict[str, str]:
     return states
 
 
-def redis_urls(redis_url: str, broker_url: str) -> dict[str, str]:
-    return {"redis": redis_url} | ({"broker": broker_url} if broker_url != redis_url else {})
+def redis_targets(redis_target: RedisTarget, broker: RedisTarget) -> dict[str, RedisTarget]:
+    return {"redis": redis_target} | ({"broker": broker} if broker != redis_target else {})
 
 
 def take(
-    redis_url: str,
-    broker_url: str,
+    redis_target: RedisTarget,
+    broker: RedisTarget,
     engine: Engine,
     *,
     workers: Callable[[], list[str] | None] | None = None,
 ) -> Overview:
     """The overview now. `workers`: how to ask which workers answer (a broadcast ping; None
     from it: not known yet)."""
-    with _clients(redis_urls(redis_url, broker_url)) as clients:
+    with _clients(redis_targets(redis_target, broker)) as clients:
         overview = Overview(dependencies=_states(clients, engine))
-        broker = "broker" if "broker" in clients else "redis"
-        if overview.dependencies[broker] == "ok":
+        name = "broker" if "broker" in clients else "redis"
+        if overview.dependencies[name] == "ok":
             try:
-                depth = queue.depth_now(clients[broker])
+                depth = queue.depth_now(clients[name])
                 overview.queue_depth = depth.waiting
                 overview.oldest_queued_seconds = round(depth.oldest_age_seconds, 1)
-                flight = queue.in_flight(clients[broker])
+                flight = queue.in_flight(clients[name])
                 overview.in_flight, overview.overdue = flight.count, flight.overdue
-                overview.parked = queue.parked_count(clients[broker])
+                overview.parked = queue.parked_count(clients[name])
             except RedisError as exc:
-                overview.dependencies[broker] = f"{type(exc).__name__}: {exc}"
+                overview.dependencies[name] = f"{type(exc).__name__}: {exc}"
             if workers is not None:
                 overview.workers = workers()
     if overview.dependencies["postgresql"] == "ok":
@@ -116,10 +118,11 @@ def take(
     return overview
 
 
-def ping_workers(broker_url: str, timeout: float) -> list[str]:
+def ping_workers(broker: RedisTarget, timeout: float) -> list[str]:
     """The Celery workers that answer a broadcast ping within `timeout`, by node name. A bare
     Celery app on the broker is enough: nothing of the worker's code is needed to ask."""
-    app = Celery("crm-ping", broker=broker_url, set_as_current=False)
+    app = Celery("crm-ping", set_as_current=False)
+    app.conf.update(celery_broker(broker))
     try:
         replies = app.control.ping(timeout=timeout) or []
     except Exception:  # a broker failure: the dependency line says why

@@ -32,6 +32,27 @@ _MIN_JWT_SECRET_BYTES = 32
 _MIN_WEBHOOK_SECRET_CHARS = 16
 
 
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where a Redis is and how to reach it; common.redis_clients connects to it. With
+    Sentinels, `url` gives only the database, the credentials and TLS (rediss://): the
+    Sentinels name the master, found again after every failover."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    sentinel_password: Secret | None = None
+    sentinel_tls: bool = False
+
+    def describe(self) -> str:
+        """Where it is, for an error message: no credentials."""
+        if self.sentinels:
+            where = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"the master {self.master!r} of the Sentinels {where}"
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed. The message names the variable, never its value."""
 
@@ -87,6 +108,13 @@ class Settings:
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    # Sentinels to ask where the master is (REDIS_SENTINELS and REDIS_SENTINEL_MASTER, and
+    # CELERY_BROKER_SENTINELS... for a broker of its own): targets, built by load_settings.
+    redis: RedisTarget = RedisTarget("redis://127.0.0.1:6379/0")
+    broker: RedisTarget = RedisTarget("redis://127.0.0.1:6379/0")
+    # A 202 (or 409) only once this many replicas hold the claim, within the timeout (WAIT).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
 
     jwt_secret: Secret = field(
         default_factory=lambda: Secret("dev-jwt-secret-change-me-0123456789abcdef")
@@ -191,7 +219,9 @@ def _pg_url(*, user: str, password: str, host: str, port: int, database: str, ss
     )
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -201,6 +231,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise SettingsError(f"{name} must be a whole number") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}")
     return value
 
 
@@ -292,6 +324,46 @@ def _redis_url(env: Mapping[str, str], name: str, default: str) -> str:
     return url
 
 
+def _sentinels(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    found = []
+    for part in (part.strip() for part in env.get(name, "").split(",")):
+        if not part:
+            continue
+        host, _, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{name} takes host:port pairs, e.g. {name}=10.0.0.5:26379,…")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
+def _redis_target(
+    env: Mapping[str, str], prefix: str, url: str, default: RedisTarget | None
+) -> RedisTarget:
+    """The target of REDIS_URL (prefix REDIS) or CELERY_BROKER_URL (CELERY_BROKER), with its
+    Sentinels if it has some. A broker with no URL and no Sentinels of its own is `default`."""
+    sentinels = _sentinels(env, f"{prefix}_SENTINELS")
+    master = env.get(f"{prefix}_SENTINEL_MASTER", "").strip()
+    if default is not None and not sentinels and not env.get(f"{prefix}_URL", "").strip():
+        return default
+    if sentinels and not master:
+        raise SettingsError(
+            f"{prefix}_SENTINELS needs {prefix}_SENTINEL_MASTER (the master's name)"
+        )
+    if master and not sentinels:
+        raise SettingsError(f"{prefix}_SENTINEL_MASTER needs {prefix}_SENTINELS (host:port,…)")
+    if sentinels and urlsplit(url).scheme == "unix":
+        raise SettingsError(f"{prefix}_URL must be redis:// or rediss:// with Sentinels")
+    password = env.get(f"{prefix}_SENTINEL_PASSWORD", "")
+    return RedisTarget(
+        url=url,
+        sentinels=sentinels,
+        master=master,
+        sentinel_password=Secret(password) if password else None,
+        sentinel_tls=_bool(env, f"{prefix}_SENTINEL_TLS", False),
+    )
+
+
 def _secret_list(
     env: Mapping[str, str], name: str, default: tuple[Secret, ...]
 ) -> tuple[Secret, ...]:
@@ -305,6 +377,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = Settings()
     redis_url = _redis_url(env, "REDIS_URL", base.redis_url)
+    redis_target = _redis_target(env, "REDIS", redis_url, None)
+    broker_url = _redis_url(env, "CELERY_BROKER_URL", redis_url)
     pg_host = env.get("PG_HOST", "").strip() or base.pg_host
     pg_port = _int(env, "PG_PORT", base.pg_port, minimum=1)
     superuser = env.get("PG_SUPERUSER_URL", "").strip()
@@ -330,7 +404,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             Secret(superuser or f"postgresql://postgres@{_host_in_url(pg_host)}:{pg_port}/postgres")
         ),
         redis_url=redis_url,
-        celery_broker_url=_redis_url(env, "CELERY_BROKER_URL", redis_url),
+        celery_broker_url=broker_url,
+        redis=redis_target,
+        broker=_redis_target(env, "CELERY_BROKER", broker_url, redis_target),
+        redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", base.redis_wait_replicas),
+        redis_wait_timeout_ms=_int(
+            env, "REDIS_WAIT_TIMEOUT_MS", base.redis_wait_timeout_ms, minimum=1, maximum=10_000
+        ),
         jwt_secret=_secret(env, "JWT_SECRET", base.jwt_secret),
         dev_signature_bypass=_bool(env, "DEV_SIGNATURE_BYPASS", base.dev_signature_bypass),
         sender_secrets={

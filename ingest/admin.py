@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-import redis
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.redis_clients import connect
 from common.replay import Actor, Replayer, Summary, filters_from
 from common.settings import Settings
 from db import dead_letters
@@ -30,9 +30,7 @@ def replayer(app: Starlette) -> Replayer:
     """The app's one Replayer (the admin API's and the console's), made on first use."""
     if getattr(app.state, "replayer", None) is None:
         settings: Settings = app.state.settings
-        client = redis.Redis.from_url(
-            settings.celery_broker_url, socket_timeout=5, socket_connect_timeout=5
-        )
+        client = connect(settings.broker, timeout=5)
         app.state.replayer = Replayer(
             engine(app),
             client,

@@ -28,12 +28,13 @@ from common import jsonexact, overview, queue
 from common import metrics as common_metrics
 from common.envelope import Envelope, new_event_id, utc_now_iso
 from common.logging import configure_logging
-from common.queue import Claimer
+from common.queue import Claimer, NotReplicated
 from common.queue.durability import warn_if_not_durable
+from common.redis_clients import connect_async
 from common.senders import MAX_EVENT_TYPE_LENGTH, SENDERS
 from common.senders.fields import MAX_LEAD_EMAIL_LENGTH
 from common.senders.kit import Sender, value_at
-from common.settings import Settings, SettingsError, load_settings
+from common.settings import RedisTarget, Settings, SettingsError, load_settings
 from ingest import admin, auth, console, metrics, openapi, status
 from ingest.backpressure import Backpressure
 from ingest.deadlines import BodyDeadlines
@@ -223,6 +224,12 @@ async def receive_webhook(request: Request) -> Response:
     try:
         first = await claimer.claim_and_enqueue(envelope)
         _fault(settings, "exit_after_enqueue")
+    except NotReplicated as exc:
+        # Queued on the master, perhaps, but a 2xx would promise more than one machine holds.
+        # The sender's retry finds the claim (answered once it is replicated) or, if this
+        # master is lost meanwhile, is queued anew on the next.
+        logger.warning("%s delivery answered 503: %s", provider.name, exc)
+        return error(503, "Queue not yet replicated, retry later")
     except RedisError as exc:
         if _may_have_run(exc) and await _queued_anyway(claimer, envelope):
             return _queued(envelope)
@@ -269,7 +276,7 @@ async def healthz_details(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     states = await run_in_threadpool(
         overview.dependencies,
-        overview.redis_urls(settings.redis_url, settings.celery_broker_url),
+        overview.redis_targets(settings.redis, settings.broker),
         status.engine(request.app),
     )
     refused = request.app.state.backpressure.reason
@@ -316,8 +323,10 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+def _redis(target: RedisTarget, settings: Settings) -> aioredis.Redis:
+    # A claim may wait REDIS_WAIT_TIMEOUT_MS for the replicas on top of the usual 2 s.
+    timeout = 2 + (settings.redis_wait_timeout_ms / 1000 if settings.redis_wait_replicas else 0)
+    return connect_async(target, timeout=timeout, connect_timeout=2)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -332,11 +341,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = _redis(resolved.redis_url)
+        client = _redis(resolved.redis, resolved)
         app.state.ready_clients = {"redis": client}
         broker = client
-        if resolved.celery_broker_url != resolved.redis_url:
-            broker = _redis(resolved.celery_broker_url)
+        if resolved.broker != resolved.redis:
+            broker = _redis(resolved.broker, resolved)
             app.state.ready_clients["broker"] = broker
         # The queue lives on the broker: claim and push must hit the same server in one script.
         app.state.redis = broker
@@ -344,6 +353,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             broker,
             ttl_seconds=resolved.idempotency_ttl_seconds,
             grace_seconds=resolved.broker_visibility_timeout,
+            wait_replicas=resolved.redis_wait_replicas,
+            wait_ms=resolved.redis_wait_timeout_ms,
         )
         app.state.body_deadlines = BodyDeadlines(resolved.body_timeout_seconds)
         app.state.body_deadlines.start()
@@ -354,7 +365,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         watching = asyncio.get_running_loop().create_task(app.state.backpressure.watch())
         if resolved.is_production:
-            await asyncio.to_thread(warn_if_not_durable, resolved.celery_broker_url, logger)
+            await asyncio.to_thread(warn_if_not_durable, resolved.broker, logger)
         _settle_garbage_collector()
         try:
             yield

@@ -30,10 +30,12 @@ class RedisServer:
     def db_url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """Started with the options given here after those given when made."""
+        self._directory.mkdir(parents=True, exist_ok=True)
         command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self._directory), "--save", "", *self._options,
+            "--dir", str(self._directory), "--save", "", *self._options, *options,
         ]  # fmt: skip
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
@@ -48,6 +50,15 @@ class RedisServer:
             wait_for(answers, timeout=30, message="redis-server did not start")
         finally:
             client.close()
+
+    def pause(self) -> None:
+        """Stopped in its tracks (SIGSTOP), its connections open: a machine that froze."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self._process is not None and self._process.poll() is None:

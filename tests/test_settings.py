@@ -333,3 +333,57 @@ def test_log_format_defaults_to_text_on_a_terminal_and_json_elsewhere() -> None:
         os.close(other)
     assert _log_format_seen(subprocess.DEVNULL) == "json"
     assert load_settings({"LOG_FORMAT": "json"}).log_format == "json"  # the setting wins
+
+
+SENTINELS = {"REDIS_SENTINELS": "10.0.0.5:26379, [::1]:26380", "REDIS_SENTINEL_MASTER": "crm"}
+
+
+def test_sentinels_make_the_target_and_the_broker_follows_it() -> None:
+    settings = load_settings(SENTINELS | {"REDIS_SENTINEL_PASSWORD": "sentinel-pw-1234"})
+    assert settings.redis.sentinels == (("10.0.0.5", 26379), ("::1", 26380))
+    assert settings.redis.master == "crm"
+    assert settings.broker == settings.redis
+    assert "sentinel-pw-1234" not in repr(settings)
+    assert settings.redis.describe() == "the master 'crm' of the Sentinels 10.0.0.5:26379,::1:26380"
+
+
+def test_a_broker_of_its_own_takes_sentinels_of_its_own() -> None:
+    settings = load_settings(
+        SENTINELS
+        | {
+            "CELERY_BROKER_URL": "redis://x/2",
+            "CELERY_BROKER_SENTINELS": "10.0.0.9:26379",
+            "CELERY_BROKER_SENTINEL_MASTER": "queue",
+        }
+    )
+    assert (settings.broker.master, settings.broker.sentinels) == ("queue", (("10.0.0.9", 26379),))
+    assert settings.redis.master == "crm"
+    plain = load_settings(SENTINELS | {"CELERY_BROKER_URL": "redis://broker:6379/2"})
+    assert plain.broker.sentinels == ()
+    assert plain.broker.describe() == "broker:6379"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"REDIS_SENTINELS": "10.0.0.5:26379"}, "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "crm"}, "REDIS_SENTINEL_MASTER needs REDIS_SENTINELS"),
+        (SENTINELS | {"REDIS_SENTINELS": "10.0.0.5"}, "REDIS_SENTINELS takes host:port pairs"),
+        (SENTINELS | {"REDIS_SENTINELS": "a:0"}, "REDIS_SENTINELS takes host:port pairs"),
+        (SENTINELS | {"REDIS_URL": "unix:///run/r.sock"}, "redis:// or rediss:// with Sentinels"),
+        ({"CELERY_BROKER_SENTINELS": "b:26379"}, "CELERY_BROKER_SENTINELS needs CELERY_BROKER_"),
+        ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS must be at least 0"),
+        ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS must be at least 1"),
+        ({"REDIS_WAIT_TIMEOUT_MS": "60000"}, "REDIS_WAIT_TIMEOUT_MS must be at most 10000"),
+    ],
+)
+def test_bad_sentinel_and_wait_settings_are_refused_naming_them(
+    env: dict[str, str], fragment: str
+) -> None:
+    assert fragment in _refused(env)
+
+
+def test_replica_acknowledgement_is_off_unless_asked_for() -> None:
+    assert load_settings({}).redis_wait_replicas == 0
+    settings = load_settings({"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "250"})
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout_ms) == (1, 250)

@@ -40,6 +40,7 @@ from common.envelope import describe
 from common.logging import clear_event, configure_logging, set_event
 from common.queue import QUEUE_NAME
 from common.queue.durability import warn_if_not_durable
+from common.redis_clients import celery_broker, connect
 from common.settings import get_settings
 from worker import resources
 from worker.delivery import BATCH_LEASE_SECONDS
@@ -50,12 +51,18 @@ logger = logging.getLogger("crm.worker")
 def _config() -> dict[str, Any]:
     """Read when Celery first needs its configuration, not at import."""
     settings = get_settings()
+    broker = celery_broker(settings.broker)
     return {
-        "broker_url": settings.celery_broker_url,
+        **broker,
         # A full or read-only Redis pauses the consumer instead of ending it (worker/broker.py).
-        "broker_transport": "worker.broker:Transport",
+        "broker_transport": (
+            "worker.broker:SentinelTransport"
+            if settings.broker.sentinels
+            else "worker.broker:Transport"
+        ),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
+            **broker["broker_transport_options"],
             "visibility_timeout": settings.broker_visibility_timeout,
             # How often a worker restores messages whose holder died (kombu's default is ~100 s
             # apart); a tenth of the visibility timeout, at most a minute.
@@ -138,7 +145,7 @@ def _look_after_in_flight() -> None:
     what a consumer lost."""
     settings = get_settings()
     grace = settings.broker_visibility_timeout
-    client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=10)
+    client = connect(settings.broker, timeout=10)
     renewed = swept = time.monotonic()
     recorded_minute = -1
     failing = False
@@ -179,7 +186,7 @@ def _start_sweeper(**_: Any) -> None:
 def _check_durability(**_: Any) -> None:
     settings = get_settings()
     if settings.is_production:
-        warn_if_not_durable(settings.celery_broker_url, logger)
+        warn_if_not_durable(settings.broker, logger)
 
 
 @worker_shutdown.connect

@@ -133,3 +133,12 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel, Channel):
+    """The channel above, its connections made to whichever server the Sentinels name master:
+    after a failover the consumer's reconnection finds the new one."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

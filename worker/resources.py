@@ -7,6 +7,7 @@ import os
 import redis
 from sqlalchemy import Engine
 
+from common.redis_clients import connect
 from common.settings import get_settings
 from db.engine import make_engine
 
@@ -34,9 +35,7 @@ def broker() -> redis.Redis:
     """A plain client of the broker's Redis, for the in-flight record."""
     global _broker, _broker_pid
     if _broker is None or _broker_pid != os.getpid():
-        _broker = redis.Redis.from_url(
-            get_settings().celery_broker_url, socket_timeout=5, socket_connect_timeout=5
-        )
+        _broker = connect(get_settings().broker, timeout=5)
         _broker_pid = os.getpid()
     return _broker
 

@@ -56,13 +56,14 @@ from common import jsonexact
 from common.envelope import Envelope
 from common.queue import message
 from common.queue.message import QUEUE_NAME, TASK_NAME, QueuedTask
-from common.queue.pipelined import Arg, PipelinedScript
+from common.queue.pipelined import Arg, NotReplicated, PipelinedScript
 
 __all__ = [
     "QUEUE_NAME",
     "TASK_NAME",
     "Claimer",
     "InFlight",
+    "NotReplicated",
     "QueueDepth",
     "QueuedTask",
     "begin",
@@ -105,10 +106,17 @@ LEASE_SECONDS = 30
 ALIVE_SECONDS = 300
 
 # KEYS: idempotency key, queue, in-flight messages, due times. ARGV: event id, message, key
-# ttl, grace. The first delivery's event id on a repeat; nothing when it claimed and queued.
+# ttl, grace, "1" when the reply waits for replicas. The first delivery's event id on a repeat;
+# nothing when it claimed and queued. A repeat found while waiting for replicas writes its
+# claim again (same value, same expiry): a read gives WAIT nothing to wait for, and the claim
+# it found may not be on a replica yet (a 503 answered it) — the write, replicated after the
+# claim, makes the WAIT that follows cover both.
 _CLAIM_AND_ENQUEUE = """
 local first = redis.call('GET', KEYS[1])
-if first then return first end
+if first then
+  if ARGV[5] == '1' then redis.call('SET', KEYS[1], first, 'KEEPTTL') end
+  return first
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
@@ -167,9 +175,21 @@ def idempotency_key(provider: str, key: str) -> str:
 class Claimer:
     """The receiver's side: claim a delivery's idempotency key and queue its event, atomically."""
 
-    def __init__(self, client: aioredis.Redis, *, ttl_seconds: int, grace_seconds: int) -> None:
-        self._client = client
-        self._script = PipelinedScript(client, _CLAIM_AND_ENQUEUE)
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        ttl_seconds: int,
+        grace_seconds: int,
+        wait_replicas: int = 0,
+        wait_ms: int = 0,
+    ) -> None:
+        """`wait_replicas`: an answer stands only once that many replicas hold what the claim
+        wrote or found (REDIS_WAIT_REPLICAS); otherwise the call raises NotReplicated."""
+        waits = {"wait_replicas": wait_replicas, "wait_ms": wait_ms}
+        self._script = PipelinedScript(client, _CLAIM_AND_ENQUEUE, **waits)
+        self._confirm = PipelinedScript(client, _CLAIMED_BY, **waits)
+        self._waiting = "1" if wait_replicas else "0"
         self._ttl = ttl_seconds
         self._grace = grace_seconds
 
@@ -181,7 +201,13 @@ class Claimer:
             INFLIGHT_KEY,
             DUE_KEY,
         ]
-        args: list[Arg] = [envelope.event_id, message.build(envelope), self._ttl, self._grace]
+        args: list[Arg] = [
+            envelope.event_id,
+            message.build(envelope),
+            self._ttl,
+            self._grace,
+            self._waiting,
+        ]
         first = await self._script(keys=keys, args=args)
         if first is None:
             return None
@@ -193,8 +219,17 @@ class Claimer:
         """The event id holding this delivery's key, if any: after a lost reply, whether the
         script ran."""
         key = idempotency_key(envelope.provider, envelope.idempotency_key)
-        claimed = await self._client.get(key)
+        claimed = await self._confirm(keys=[key], args=[self._waiting])
         return None if claimed is None else _text(claimed)
+
+
+# KEYS: idempotency key. ARGV: "1" when the reply waits for replicas. Who holds the key;
+# written again when waiting, for the reason given above _CLAIM_AND_ENQUEUE.
+_CLAIMED_BY = """
+local first = redis.call('GET', KEYS[1])
+if first and ARGV[1] == '1' then redis.call('SET', KEYS[1], first, 'KEEPTTL') end
+return first
+"""
 
 
 # KEYS: queue, due times. ARGV: most to pop, the lease's end (Unix seconds), our task's name.

@@ -7,6 +7,9 @@ import logging
 
 import redis
 
+from common.redis_clients import connect
+from common.settings import RedisTarget
+
 
 def durability_warnings(client: redis.Redis) -> list[str]:
     """One line per way this Redis can lose accepted events, naming the setting."""
@@ -36,9 +39,9 @@ def durability_warnings(client: redis.Redis) -> list[str]:
     return warnings
 
 
-def warn_if_not_durable(url: str, logger: logging.Logger) -> None:
-    """Log `durability_warnings` for the Redis at `url` (a failure to ask is a warning too)."""
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+def warn_if_not_durable(target: RedisTarget, logger: logging.Logger) -> None:
+    """Log `durability_warnings` for the target's Redis (a failure to ask is a warning too)."""
+    client = connect(target, timeout=5)
     try:
         for warning in durability_warnings(client):
             logger.warning(warning)

@@ -5,6 +5,10 @@ calls made during one turn of the event loop leave together, in one write, and t
 come back in one read. Under load that is one pipeline for many deliveries instead of one
 round trip each; alone, a call waits only for the end of the current loop turn.
 
+With `wait_replicas`, each trip ends in one WAIT: the replies stand only once that many
+replicas acknowledged everything the trip wrote; if they did not in time, every call in it
+fails with NotReplicated (its writes may be on the master alone).
+
 Measured here (uvloop, 64 concurrent callers, a 2.3 kB argument): redis-py spent ~38 µs of CPU
 per lone EVALSHA and ~14 µs per EVALSHA in a pipeline, most of it per-command bookkeeping and a
 socket read per reply, not the script.
@@ -18,9 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 Arg = str | bytes | int | float
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than asked for acknowledged the call's trip within the timeout."""
 
 
 class _Call:
@@ -36,9 +44,13 @@ class PipelinedScript:
     """`await script(keys, args)` answers what the script returned, or raises what redis-py
     would have raised for that one call (a connection error fails every call it carried)."""
 
-    def __init__(self, client: aioredis.Redis, source: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, source: str, *, wait_replicas: int = 0, wait_ms: int = 0
+    ) -> None:
         self._client = client
         self._source = source
+        self._wait_replicas = wait_replicas
+        self._wait_ms = wait_ms
         self._sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         self._pending: list[_Call] = []
         # A running task is only weakly referenced by the loop: keep each until it is done.
@@ -100,5 +112,16 @@ class PipelinedScript:
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+        if self._wait_replicas:
+            # WAIT covers every write made on this connection before it: the whole trip.
+            pipe.wait(self._wait_replicas, self._wait_ms)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if self._wait_replicas:
+            acked = replies.pop()
+            if isinstance(acked, Exception) or int(acked) < self._wait_replicas:
+                refused = NotReplicated(
+                    f"{acked if not isinstance(acked, Exception) else 'no'} of"
+                    f" {self._wait_replicas} replica(s) acknowledged within {self._wait_ms} ms"
+                )
+                replies = [reply if isinstance(reply, Exception) else refused for reply in replies]
         return replies

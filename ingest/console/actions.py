@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from common.redis_clients import connect
 from common.replay import WHAT_TO_DO, Actor, Outcome, Replayer, Summary
 from common.settings import Settings
 from db import console, dead_letters
@@ -127,7 +128,7 @@ async def replay_matching(request: Request, session: Session) -> Response:
     ids = await query(request, lambda conn: dead_letters.matching_ids(conn, filters))
     job = _Job(id=uuid.uuid4().hex, total=len(ids))
     settings: Settings = request.app.state.settings
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = connect(settings.redis, timeout=5)
     _save(client, job)
     run = _JobRun(replayer(request.app), client, job, ids, filters, _actor(session))
     _jobs(request.app).start(run.replay, name=f"console-replay-{job.id}")

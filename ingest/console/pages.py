@@ -25,7 +25,7 @@ from starlette.templating import Jinja2Templates
 from common import overview, queue
 from common.replay import ANY_STATUS, WHAT_TO_DO, filters_from, parse_time, text_filter
 from common.senders import SENDERS
-from common.settings import Settings
+from common.settings import RedisTarget, Settings
 from db import audit, console, dead_letters, events
 from db.tables import DEAD_LETTER_STATUSES, EVENT_STATUSES
 from ingest.admin import dead_letter_id_of, parse_id
@@ -123,16 +123,16 @@ class _WorkerPing:
         self._lock = threading.Lock()
         self._answered = threading.Event()
 
-    def latest(self, broker_url: str) -> list[str] | None:
+    def latest(self, broker: RedisTarget) -> list[str] | None:
         with self._lock:
             if time.monotonic() - self.asked_at > self.MAX_AGE_SECONDS:
                 self.asked_at = time.monotonic()
-                threading.Thread(target=self._ask, args=(broker_url,), daemon=True).start()
+                threading.Thread(target=self._ask, args=(broker,), daemon=True).start()
         self._answered.wait(timeout=self.PING_SECONDS * 2)  # at once once it has an answer
         return self.workers
 
-    def _ask(self, broker_url: str) -> None:
-        self.workers = overview.ping_workers(broker_url, timeout=self.PING_SECONDS)
+    def _ask(self, broker: RedisTarget) -> None:
+        self.workers = overview.ping_workers(broker, timeout=self.PING_SECONDS)
         self._answered.set()
 
 
@@ -144,10 +144,10 @@ async def overview_page(request: Request, session: Session) -> Response:
     settings: Settings = request.app.state.settings
     snapshot = await run_in_threadpool(
         overview.take,
-        settings.redis_url,
-        settings.celery_broker_url,
+        settings.redis,
+        settings.broker,
         engine(request.app),
-        workers=lambda: _PINGS.latest(settings.celery_broker_url),
+        workers=lambda: _PINGS.latest(settings.broker),
     )
     extra = await guarded_query(
         request,
