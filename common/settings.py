@@ -337,30 +337,46 @@ def _sentinels(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]
     return tuple(found)
 
 
+# Per Redis: its URL's variable, then its Sentinels', their master's name, their password, TLS.
+_SENTINEL_SETTINGS = {
+    "REDIS_URL": (
+        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_SENTINEL_PASSWORD",
+        "REDIS_SENTINEL_TLS",
+    ),
+    "CELERY_BROKER_URL": (
+        "CELERY_BROKER_SENTINELS",
+        "CELERY_BROKER_SENTINEL_MASTER",
+        "CELERY_BROKER_SENTINEL_PASSWORD",
+        "CELERY_BROKER_SENTINEL_TLS",
+    ),
+}
+
+
 def _redis_target(
-    env: Mapping[str, str], prefix: str, url: str, default: RedisTarget | None
+    env: Mapping[str, str], url_name: str, url: str, default: RedisTarget | None
 ) -> RedisTarget:
-    """The target of REDIS_URL (prefix REDIS) or CELERY_BROKER_URL (CELERY_BROKER), with its
-    Sentinels if it has some. A broker with no URL and no Sentinels of its own is `default`."""
-    sentinels = _sentinels(env, f"{prefix}_SENTINELS")
-    master = env.get(f"{prefix}_SENTINEL_MASTER", "").strip()
-    if default is not None and not sentinels and not env.get(f"{prefix}_URL", "").strip():
+    """The target of REDIS_URL or CELERY_BROKER_URL, with its Sentinels if it has some. A
+    broker with no URL and no Sentinels of its own is `default` (REDIS_URL's)."""
+    sentinels_name, master_name, password_name, tls_name = _SENTINEL_SETTINGS[url_name]
+    sentinels = _sentinels(env, sentinels_name)
+    master = env.get(master_name, "").strip()
+    if default is not None and not sentinels and not env.get(url_name, "").strip():
         return default
     if sentinels and not master:
-        raise SettingsError(
-            f"{prefix}_SENTINELS needs {prefix}_SENTINEL_MASTER (the master's name)"
-        )
+        raise SettingsError(f"{sentinels_name} needs {master_name} (the master's name)")
     if master and not sentinels:
-        raise SettingsError(f"{prefix}_SENTINEL_MASTER needs {prefix}_SENTINELS (host:port,…)")
+        raise SettingsError(f"{master_name} needs {sentinels_name} (host:port,…)")
     if sentinels and urlsplit(url).scheme == "unix":
-        raise SettingsError(f"{prefix}_URL must be redis:// or rediss:// with Sentinels")
-    password = env.get(f"{prefix}_SENTINEL_PASSWORD", "")
+        raise SettingsError(f"{url_name} must be redis:// or rediss:// with Sentinels")
+    password = env.get(password_name, "")
     return RedisTarget(
         url=url,
         sentinels=sentinels,
         master=master,
         sentinel_password=Secret(password) if password else None,
-        sentinel_tls=_bool(env, f"{prefix}_SENTINEL_TLS", False),
+        sentinel_tls=_bool(env, tls_name, False),
     )
 
 
@@ -377,7 +393,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = Settings()
     redis_url = _redis_url(env, "REDIS_URL", base.redis_url)
-    redis_target = _redis_target(env, "REDIS", redis_url, None)
+    redis_target = _redis_target(env, "REDIS_URL", redis_url, None)
     broker_url = _redis_url(env, "CELERY_BROKER_URL", redis_url)
     pg_host = env.get("PG_HOST", "").strip() or base.pg_host
     pg_port = _int(env, "PG_PORT", base.pg_port, minimum=1)
@@ -406,7 +422,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=redis_url,
         celery_broker_url=broker_url,
         redis=redis_target,
-        broker=_redis_target(env, "CELERY_BROKER", broker_url, redis_target),
+        broker=_redis_target(env, "CELERY_BROKER_URL", broker_url, redis_target),
         redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", base.redis_wait_replicas),
         redis_wait_timeout_ms=_int(
             env, "REDIS_WAIT_TIMEOUT_MS", base.redis_wait_timeout_ms, minimum=1, maximum=10_000

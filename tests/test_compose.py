@@ -207,3 +207,18 @@ def test_every_setting_in_env_example_reaches_the_app_containers(
     assert not missing, f"add these to docker-compose.yml's x-app-env: {missing}"
     assert "TEST_FAULT_INJECTION" not in passed
     assert "TEST_POISON_LEAD" not in passed
+
+
+def test_the_sentinel_profile_has_a_durable_replica_and_three_sentinels_watching_redis(
+    services: dict[str, Any],
+) -> None:
+    replica = services["redis-replica"]["command"]
+    assert option(replica, "--replicaof") == "redis"
+    assert option(replica, "--appendfsync") == "always"
+    assert option(replica, "--maxmemory-policy") == "noeviction"
+    sentinels = [services[f"sentinel-{n}"] for n in (1, 2, 3)]
+    for sentinel in sentinels:
+        assert sentinel["profiles"] == ["sentinel"]
+        script = sentinel["command"][-1]
+        assert "sentinel monitor crm redis 6379 2" in script  # a quorum of two of three
+        assert script.endswith("--sentinel")
