@@ -1,10 +1,11 @@
-"""`make bench`: six measurements in one run, each against a reference from the same run.
+"""`make bench`: eight measurements in one run, each against a reference from the same run.
 
 1 bare   2 floor (and the floor with its Redis calls pipelined, as ingest's are)   3 ingest (wrk,
 distinct signed bodies), beside the naive peer (bench.naive)   4 drain (workers at concurrency 1
 and 2 against a plain psycopg2 loop, the worker's own set-based statements on one connection,
 and the naive peer's stock Celery task)   4b the batch size: drain and end to end at 20, 50, 100
-and 200   5 end to end at half the drain capacity   6 peak memory.
+and 200   5 end to end at half the drain capacity   6 peak memory   7 console pages   8 ingest
+waiting for a replica's acknowledgement (REDIS_WAIT_REPLICAS=1) against the same without.
 Writes bench/results.json and prints a table.
 """
 
@@ -39,9 +40,11 @@ from bench.stack import (
     Child,
     bench_env,
     envelope_for,
+    free_port,
     sample_payload,
     start_naive_worker,
     start_receiver,
+    start_redis,
     start_worker,
     wait_until,
 )
@@ -164,6 +167,59 @@ def measure_ingest(bench: _Bench) -> dict[str, Any]:
         ),
         "ingest_over_bare": round(best["ingest"]["rps"] / best["bare"]["rps"], 3),
         "ingest_over_naive": round(best["ingest"]["rps"] / best["naive"]["rps"], 3),
+    }
+
+
+def measure_replica_wait(bench: _Bench) -> dict[str, Any]:
+    """Part 8: what REDIS_WAIT_REPLICAS=1 costs ingest. A master and a replica of the bench's
+    own, two receivers on that master, one waiting for the replica's acknowledgement and one
+    not; wrk on each in interleaved rounds, best of each."""
+    args, log_dir = bench.args, bench.log_dir
+    master_port, replica_port = free_port(), free_port()
+    children = [start_redis("redis-master", master_port, log_dir)]
+    try:
+        replica_of = ("--replicaof", "127.0.0.1", str(master_port))
+        children.append(start_redis("redis-replica", replica_port, log_dir, *replica_of))
+        master = redis.Redis(port=master_port)
+        replica = redis.Redis(port=replica_port)
+        wait_until(
+            lambda: replica.info("replication").get("master_link_status") == "up",
+            60,
+            "the replica to sync",
+            interval=0.2,
+        )
+        urls = {}
+        for name, replicas in (("no_wait", "0"), ("wait", "1")):
+            port = free_port()
+            env = bench.env | {
+                "REDIS_URL": f"redis://127.0.0.1:{master_port}/0",
+                "REDIS_WAIT_REPLICAS": replicas,
+            }
+            children.append(start_receiver(env, port, log_dir, f"receiver-{name}"))
+            urls[name] = f"http://127.0.0.1:{port}"
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+        for url in urls.values():  # warm-up
+            _wrk(url, "/webhooks/instantly", bench.bodies, 1, args.connections)
+            master.flushdb()
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                result = _wrk(
+                    url, "/webhooks/instantly", bench.bodies, args.seconds, args.connections
+                )
+                if result["non_2xx"] or result["wrapped"] or result["socket_errors"]:
+                    raise RuntimeError(f"bench: {name} run was not clean: {result}")
+                runs[name].append(result)
+                master.flushdb()
+        master.close()
+        replica.close()
+    finally:
+        for child in reversed(children):
+            child.stop()
+    best = {name: max(results, key=lambda r: r["rps"]) for name, results in runs.items()}
+    return {
+        **best,
+        "all_rps": {name: [r["rps"] for r in results] for name, results in runs.items()},
+        "wait_over_no_wait": round(best["wait"]["rps"] / best["no_wait"]["rps"], 3),
     }
 
 
@@ -477,6 +533,13 @@ def _table(results: dict[str, Any]) -> str:
             f"{results['console']['dead_letters']:,} dead letters",
         ),
         (
+            "8 ingest, WAIT",
+            f"{results['replica_wait']['wait']['rps']:,.0f} req/s",
+            f"REDIS_WAIT_REPLICAS=1, p99 {results['replica_wait']['wait']['p99_ms']} ms; "
+            f"{results['replica_wait']['wait_over_no_wait']} x the same without WAIT "
+            f"({results['replica_wait']['no_wait']['rps']:,.0f} req/s), one local replica",
+        ),
+        (
             "6 memory",
             f"{results['memory']['receiver_peak_rss_mb']} MB",
             f"receiver; workers c=2 (main, children) {results['memory']['worker_c2_mb']} MB",
@@ -510,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest-only",
         action="store_true",
         help="parts 1-3 only, printed as JSON; bench/results.json is left as it is",
+    )
+    parser.add_argument(
+        "--replica-only",
+        action="store_true",
+        help="part 8 (REDIS_WAIT_REPLICAS) only, printed as JSON; bench/results.json is left",
     )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -555,8 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.console_only:
             print(json.dumps(measure_console(url, settings), indent=2))
             return 0
-        print("bench: 1-3 bare / floor / floor pipelined / ingest ...", file=sys.stderr)
         bench = _Bench(args, url, bodies, env, settings, client, log_dir)
+        if args.replica_only:
+            print(json.dumps(measure_replica_wait(bench), indent=2))
+            return 0
+        print("bench: 1-3 bare / floor / floor pipelined / ingest ...", file=sys.stderr)
         results["ingest"] = measure_ingest(bench)
         if args.ingest_only:
             print(json.dumps(results["ingest"]["all_rps"] | _ingest_ratios(results["ingest"])))
@@ -577,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         print("bench: 7 console pages ...", file=sys.stderr)
         results["console"] = measure_console(url, settings)
+        print("bench: 8 ingest waiting for a replica ...", file=sys.stderr)
+        results["replica_wait"] = measure_replica_wait(bench)
+        results["wait_over_no_wait"] = results["replica_wait"]["wait_over_no_wait"]
         results["ingest_over_floor"] = results["ingest"]["ingest_over_floor"]
         results["ingest_over_floor_pipelined"] = results["ingest"]["ingest_over_floor_pipelined"]
         results["drain_over_reference"] = results["drain"]["c2_over_reference"]

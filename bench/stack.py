@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,11 +73,11 @@ class Child:
         self._log.close()
 
 
-def start_receiver(env: dict[str, str], port: int, log_dir: Path) -> Child:
+def start_receiver(env: dict[str, str], port: int, log_dir: Path, name: str = "receiver") -> Child:
     command = receiver_command(
         load_settings(env), "127.0.0.1", port=port, app="bench.app:create_bench_app"
     )
-    child = Child("receiver", command, env, log_dir)
+    child = Child(name, command, env, log_dir)
 
     def healthy() -> bool:
         if not child.alive():
@@ -87,6 +88,34 @@ def start_receiver(env: dict[str, str], port: int, log_dir: Path) -> Child:
             return False
 
     wait_until(healthy, 30, "the receiver")
+    return child
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(name: str, port: int, log_dir: Path, *options: str) -> Child:
+    """A redis-server of the bench's own on loopback, without persistence, answering."""
+    directory = log_dir / name
+    directory.mkdir(exist_ok=True)
+    command = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+        "--save", "", "--appendonly", "no", *options,
+    ]  # fmt: skip
+    child = Child(name, command, os.environ.copy(), log_dir)
+
+    def answers() -> bool:
+        if not child.alive():
+            raise RuntimeError(f"bench: {name} exited; see {child.log_path}")
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() == "PONG"
+
+    wait_until(answers, 30, name, interval=0.1)
     return child
 
 
