@@ -49,6 +49,7 @@ from bench.stack import (
     wait_until,
 )
 from common import queue
+from common.redis_clients import connect
 from common.settings import Settings, load_settings
 from db.cli import bootstrap, migrate, superuser_url
 
@@ -590,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     database = f"crm_bench_{uuid.uuid4().hex[:8]}"
     env = bench_env(database, args.redis_db)
     settings = load_settings(env)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis, timeout=30)
     log_dir = ROOT / "bench" / "out"
     log_dir.mkdir(exist_ok=True)
     bodies = log_dir / "bodies.tsv"

@@ -5,6 +5,9 @@ is processed exactly once; without it, a 202 can be lost with the master (counte
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -140,6 +143,15 @@ def _run_burst(
             timeout=240,
             message="the queue and the in-flight record did not empty after the failover",
         )
+        # The operators' views found the new master too: the receiver's and crm-status.
+        details = httpx.get(f"{url}/healthz/details", timeout=30).json()
+        assert details["dependencies"]["redis"] == "ok", details
+        status = subprocess.run(
+            [str(Path(sys.executable).with_name("crm-status")), "--json", "--ping-timeout", "3"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert len(json.loads(status.stdout)["workers"]) == 2, status.stdout
         for process in processes:
             assert process.alive(), f"{process.name} exited:\n{process.output()[-3000:]}"
             assert "Unrecoverable error" not in process.output(), process.output()[-3000:]
