@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run test lint typecheck rules pytest bench screenshots lock clean
+.PHONY: help install tools redis-server run reset test lint typecheck rules pytest bench screenshots lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,8 +44,23 @@ tools: ## install wrk, docker-compose, promtool and chromium from Debian's packa
 		|| { echo "make: chromium is needed: apt-get install chromium" >&2; exit 1; }
 	@command -v redis-server >/dev/null || { echo "make: redis-server is needed: apt-get install redis-server" >&2; exit 1; }
 
-run: install ## bootstrap + migrate the database, then run the receiver and a worker
+# make run starts a private Redis from this binary when none answers (cli/local_services.py);
+# a Redis of your own (REDIS_URL) needs none, so a failed install is said and not fatal.
+redis-server:
+	@command -v redis-server >/dev/null || apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; } \
+		|| echo "make: redis-server is not installed and apt-get could not install it (not Debian, or not root):" \
+			"install Redis >= 7 yourself (brew install redis, dnf install redis) or set REDIS_URL to one" >&2
+
+run: install redis-server ## bootstrap + migrate the database, then run the receiver and a worker
 	$(BIN)/crm-run
+
+LOCAL_SERVICES_DIR ?= .run
+reset: ## forget make run's private PostgreSQL and Redis (their data in .run/)
+	@pid=$$(head -1 $(LOCAL_SERVICES_DIR)/postgres/postmaster.pid 2>/dev/null); \
+		if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+			echo "make: the private PostgreSQL still runs (pid $$pid): stop make run first" >&2; exit 1; fi
+	rm -rf $(LOCAL_SERVICES_DIR)
 
 lint: install ## ruff: lint and formatting
 	$(BIN)/ruff check .

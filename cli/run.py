@@ -8,6 +8,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from types import FrameType
 
 import redis
 
-from cli import ports
+from cli import local_services, ports
 from common.queue import QUEUE_NAME
 from common.redis_clients import connect
 from common.senders import SENDERS
@@ -204,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="crm-run",
         description="Bootstrap and migrate the database, then run the receiver and a worker "
-        "until Ctrl-C or SIGTERM. Settings come from the environment (see .env.example).",
+        "until Ctrl-C or SIGTERM. In development, a PostgreSQL or Redis that is neither "
+        "configured nor answering at its default address is started privately under "
+        "LOCAL_SERVICES_DIR (.run/) first (LOCAL_SERVICES=auto|always|never). Settings come "
+        "from the environment (see .env.example).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="receiver bind address")
     parser.add_argument(
@@ -232,12 +236,57 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    privates: list[local_services.Private] = []
+    try:
+        settings = _with_private_services(settings, privates)
+        # A private server is ours: any database name may be created in it.
+        ours = any(private.name == "PostgreSQL" for private in privates)
+        return _run(settings, args, create_database=ours)
+    except local_services.LocalServiceError as exc:
+        print(f"crm-run: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        local_services.stop_all(privates)
+
+
+def _answers_at_default(name: str) -> bool:
+    port = 5432 if name == "postgresql" else 6379
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _with_private_services(settings: Settings, privates: list[local_services.Private]) -> Settings:
+    """Start what LOCAL_SERVICES asks for, point this process and its children at it, and say
+    where each server is: the settings to run with."""
+    wanted = local_services.wanted(settings, _answers_at_default)
+    base = local_services.directory(settings)
+    starters = {"postgresql": local_services.start_postgres, "redis": local_services.start_redis}
+    for name in wanted:
+        private = starters[name](base, _die_with_parent)
+        privates.append(private)
+        os.environ.update(private.env)
+        print(f"crm-run: {local_services.describe(private, base)}", file=sys.stderr)
+    settings = load_settings()
+    if "postgresql" not in wanted:
+        print(
+            f"crm-run: PostgreSQL at {settings.pg_host}:{settings.pg_port} (yours)", file=sys.stderr
+        )
+    if "redis" not in wanted:
+        print(f"crm-run: Redis at {settings.redis.describe()} (yours)", file=sys.stderr)
+    return settings
+
+
+def _run(settings: Settings, args: argparse.Namespace, *, create_database: bool) -> int:
     problem = check_redis(settings)
     if problem:
         print(f"crm-run: {problem}", file=sys.stderr)
         return 1
     if not args.skip_migrate:
-        for step in (["bootstrap"], ["migrate"]):
+        bootstrap = ["bootstrap", "--create-database"] if create_database else ["bootstrap"]
+        for step in (bootstrap, ["migrate"]):
             code = db_cli.main(step)
             if code != 0:
                 return code

@@ -21,6 +21,15 @@ APP_ENVS = ("development", "test", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
 FAULT_POINTS = ("exit_before_enqueue", "exit_after_enqueue")
+LOCAL_SERVICES = ("auto", "always", "never")
+# What says where PostgreSQL or Redis is, with the value that means "the default address": set
+# to anything else, `make run` never starts a private one instead.
+_PG_ADDRESS_SETTINGS = {"PG_HOST": "127.0.0.1", "PG_PORT": "5432", "PG_SUPERUSER_URL": ""}
+_REDIS_ADDRESS_SETTINGS = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+    "REDIS_SENTINELS": "",
+}
 
 # Values that mean "nobody chose a secret yet". Checked case-insensitively.
 _PLACEHOLDERS = frozenset(
@@ -178,6 +187,13 @@ class Settings:
     # handling it; both refused outside APP_ENV=test.
     test_fault_injection: str = ""
     test_poison_lead: str = ""
+    # `make run` in development: a private PostgreSQL and Redis under LOCAL_SERVICES_DIR when
+    # none answers at the default addresses (auto), always, or never (cli/local_services.py).
+    local_services: str = "auto"
+    local_services_dir: str = ".run"
+    # Whether the environment says where each is (then never a private one).
+    pg_address_configured: bool = False
+    redis_address_configured: bool = False
 
     @property
     def is_production(self) -> bool:
@@ -380,6 +396,10 @@ def _redis_target(
     )
 
 
+def _configured(env: Mapping[str, str], defaults: Mapping[str, str]) -> bool:
+    return any(env.get(name, "").strip() not in ("", default) for name, default in defaults.items())
+
+
 def _secret_list(
     env: Mapping[str, str], name: str, default: tuple[Secret, ...]
 ) -> tuple[Secret, ...]:
@@ -482,6 +502,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         test_fault_injection=_choice(env, "TEST_FAULT_INJECTION", "", ("", *FAULT_POINTS)),
         test_poison_lead=env.get("TEST_POISON_LEAD", "").strip().lower(),
+        local_services=_choice(
+            env, "LOCAL_SERVICES", "auto" if app_env == "development" else "never", LOCAL_SERVICES
+        ),
+        local_services_dir=env.get("LOCAL_SERVICES_DIR", "").strip() or base.local_services_dir,
+        pg_address_configured=_configured(env, _PG_ADDRESS_SETTINGS),
+        redis_address_configured=_configured(env, _REDIS_ADDRESS_SETTINGS),
     )
     _validate(settings)
     return settings
@@ -492,6 +518,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("TEST_FAULT_INJECTION is only honoured when APP_ENV=test")
     if settings.test_poison_lead and settings.app_env != "test":
         raise SettingsError("TEST_POISON_LEAD is only honoured when APP_ENV=test")
+    if settings.local_services != "never" and settings.app_env != "development":
+        raise SettingsError("LOCAL_SERVICES is only honoured when APP_ENV=development")
     if settings.task_retry_backoff_max >= settings.broker_visibility_timeout:
         raise SettingsError("TASK_RETRY_BACKOFF_MAX must be below BROKER_VISIBILITY_TIMEOUT")
     if not settings.is_production:

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from cli import local_services
 from cli.run import check_redis, main, welcome
-from common.settings import load_settings
+from common.settings import SettingsError, load_settings
 from tests.redis_server import RedisServer, free_port
 from tests.test_settings import PRODUCTION
 
@@ -84,3 +85,37 @@ def test_a_broker_url_of_its_own_is_checked_and_named(guarded_redis: RedisServer
         f"Redis at 127.0.0.1:{guarded_redis.port} (CELERY_BROKER_URL) answered: "
         "DB index is out of range"
     )
+
+
+def _wanted(env: dict[str, str], answering: set[str]) -> list[str]:
+    return local_services.wanted(load_settings(env), lambda name: name in answering)
+
+
+def test_auto_starts_a_private_server_only_where_none_is_configured_and_none_answers() -> None:
+    assert _wanted({}, answering=set()) == ["postgresql", "redis"]
+    assert _wanted({}, answering={"postgresql"}) == ["redis"]
+    assert _wanted({}, answering={"postgresql", "redis"}) == []
+    # Configured (to anything but the default address): never replaced, answering or not.
+    assert _wanted({"PG_PORT": "5433"}, answering=set()) == ["redis"]
+    assert _wanted({"PG_HOST": "127.0.0.1", "PG_PORT": "5432"}, answering=set()) == [
+        "postgresql",
+        "redis",
+    ]
+    assert _wanted({"REDIS_URL": "redis://cache:6379/0"}, answering=set()) == ["postgresql"]
+    sentinels = {"REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_MASTER": "crm"}
+    assert _wanted(sentinels, answering=set()) == ["postgresql"]
+
+
+def test_always_and_never_mean_what_they_say() -> None:
+    configured = {"PG_PORT": "5433", "REDIS_URL": "redis://cache:6379/0"}
+    assert _wanted(configured | {"LOCAL_SERVICES": "always"}, set()) == ["postgresql", "redis"]
+    assert _wanted({"LOCAL_SERVICES": "never"}, answering=set()) == []
+
+
+@pytest.mark.parametrize("app_env", ["test", "production"])
+def test_outside_development_no_private_server_is_started(app_env: str) -> None:
+    env = (PRODUCTION if app_env == "production" else {}) | {"APP_ENV": app_env}
+    assert load_settings(env).local_services == "never"
+    assert _wanted(env, answering=set()) == []
+    with pytest.raises(SettingsError, match="LOCAL_SERVICES is only honoured when APP_ENV="):
+        load_settings(env | {"LOCAL_SERVICES": "auto"})

@@ -38,6 +38,8 @@ REQUIRED_SECRETS = {
 # .env.example variables that deliberately do not reach the containers' environment.
 NOT_PASSED = {
     "INGEST_PORT": "the host port the receiver is published on; inside it listens on 8000",
+    "LOCAL_SERVICES": "make run's private servers, for development; compose runs its own",
+    "LOCAL_SERVICES_DIR": "where make run keeps its private servers' data",
     "TEST_FAULT_INJECTION": "crash points for the test suite only; never in a deployment",
     "TEST_POISON_LEAD": "a worker crash point for the test suite only; never in a deployment",
     "POSTGRES_PASSWORD": "the superuser's: the postgres service and migrate's PG_SUPERUSER_URL",
