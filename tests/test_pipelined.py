@@ -172,3 +172,22 @@ def test_an_unreachable_redis_fails_every_call_with_a_connection_error() -> None
 
     assert len(outcomes) == 3
     assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes), outcomes
+
+
+def test_short_of_replicas_every_call_of_the_trip_fails_not_replicated_but_keeps_its_error(
+    url: str,
+) -> None:
+    # This Redis has no replica: a WAIT for one times out, and no reply may stand.
+    async def body(client: aioredis.Redis, _: PipelinedScript) -> list[Any]:
+        waiting = PipelinedScript(client, COUNTING, wait_replicas=1, wait_ms=50)
+        calls = [waiting(["runs"], [f"call-{i}"]) for i in range(5)]
+        return await asyncio.gather(*calls, waiting(["runs"], ["fail"]), return_exceptions=True)
+
+    replies = _run(url, body)
+    assert [type(reply).__name__ for reply in replies[:5]] == ["NotReplicated"] * 5
+    assert "0 of 1 replica(s) acknowledged within 50 ms" in str(replies[0])
+    assert isinstance(replies[5], ResponseError) and "asked to fail" in str(replies[5])
+    # The writes happened on the master: the caller answers 503, and a retry finds them.
+    observer = redis.Redis.from_url(url)
+    assert int(observer.get("runs") or 0) == 5
+    observer.close()
