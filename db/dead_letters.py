@@ -109,9 +109,11 @@ def mark_event_dead(
     received_at: datetime,
     attempts: int,
     error: str,
+    lead: str | None,
     occurred_at: datetime | None = None,
 ) -> None:
-    """Let `GET /events/{id}` say `dead`, unless another delivery already processed the event."""
+    """Let `GET /events/{id}` say `dead`, unless another delivery already processed the event.
+    `lead`: the lead's e-mail as common.senders reads it from the payload."""
     stmt = insert(webhook_events).values(
         id=event_id,
         provider=provider,
@@ -120,7 +122,7 @@ def mark_event_dead(
         payload=payload,
         received_at=received_at,
         occurred_at=occurred_at,
-        lead_email=lead_email(provider, payload),
+        lead_email=lead,
         status="dead",
         attempts=attempts,
         error=error,
@@ -199,6 +201,7 @@ def _write_full(
     parsed = _parsed(data)
     fields = describe(data)
     event_id = _event_id(parsed, task_id)
+    lead = lead_email(parsed.provider, parsed.payload) if parsed else None
     with engine.begin() as conn:
         dead_letter_id = record(
             conn,
@@ -211,7 +214,7 @@ def _write_full(
             error_message=error_message[:4000],
             traceback=trace[-20000:] if trace else None,
             attempts=attempts,
-            lead=lead_email(parsed.provider, parsed.payload) if parsed else None,
+            lead=lead,
         )
         if parsed is not None:
             received_at = datetime.fromisoformat(parsed.received_at)
@@ -226,6 +229,7 @@ def _write_full(
                 occurred_at=event_time(parsed.provider, parsed.payload, received_at)[0],
                 attempts=attempts,
                 error=f"{reason}: {error_message}"[:4000],
+                lead=lead,
             )
     return dead_letter_id
 
@@ -275,6 +279,7 @@ def _write_minimal(
                         received_at=datetime.fromisoformat(parsed.received_at),
                         attempts=attempts,
                         error=error,
+                        lead=None,
                     )
             except SQLAlchemyError as exc:
                 logger.error("event %s: no event row either (%s)", task_id, type(exc).__name__)

@@ -276,6 +276,7 @@ def dead_letter(stack: str, superuser_engine: Engine) -> int:
             payload=body,
             received_at=datetime.fromisoformat(envelope.received_at),
             error="InvalidPayload: no lead e-mail",
+            lead=None,
             **failure,
         )
         return dead_letters.record(
