@@ -40,7 +40,6 @@ from bench.stack import (
     Child,
     bench_env,
     envelope_for,
-    free_port,
     sample_payload,
     start_naive_worker,
     start_receiver,
@@ -48,6 +47,7 @@ from bench.stack import (
     start_worker,
     wait_until,
 )
+from cli.ports import free_port
 from common import queue
 from common.redis_clients import connect
 from common.settings import Settings, load_settings

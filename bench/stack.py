@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -89,12 +88,6 @@ def start_receiver(env: dict[str, str], port: int, log_dir: Path, name: str = "r
 
     wait_until(healthy, 30, "the receiver")
     return child
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_redis(name: str, port: int, log_dir: Path, *options: str) -> Child:

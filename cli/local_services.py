@@ -15,7 +15,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
+from cli import ports
 from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def start_postgres(base: Path, die_with_parent: Callable[[], None]) -> Private:
         if done.returncode != 0:
             shutil.rmtree(data, ignore_errors=True)
             raise LocalServiceError(f"initdb failed in {data}: {done.stderr.strip()[-500:]}")
-    port = _free_port()
+    port = ports.free_port()
     log = base / "postgres.log"
     command = [
         str(binaries / "postgres"), "-D", str(data), "-c", "listen_addresses=127.0.0.1",
@@ -132,7 +132,7 @@ def start_redis(base: Path, die_with_parent: Callable[[], None]) -> Private:
     _check_redis_version(binary)
     data = base / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = ports.free_port()
     log = base / "redis.log"
     command = [
         binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
@@ -209,12 +209,6 @@ def _check_redis_version(binary: str) -> None:
             f"{binary} is not Redis >= {MIN_REDIS_MAJOR} ({shown.stdout.strip()[:80]}): install "
             "a newer one or set REDIS_URL to one"
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _postgres_answers(port: int) -> bool:

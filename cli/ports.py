@@ -11,6 +11,13 @@ from pathlib import Path
 _LISTEN = "0A"  # the TCP state LISTEN in /proc/net/tcp
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def in_use(host: str, port: int) -> bool:
     """Whether binding `host:port` would fail because something listens there."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

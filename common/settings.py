@@ -22,14 +22,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
 FAULT_POINTS = ("exit_before_enqueue", "exit_after_enqueue")
 LOCAL_SERVICES = ("auto", "always", "never")
-# What says where PostgreSQL or Redis is, with the value that means "the default address": set
-# to anything else, `make run` never starts a private one instead.
-_PG_ADDRESS_SETTINGS = {"PG_HOST": "127.0.0.1", "PG_PORT": "5432", "PG_SUPERUSER_URL": ""}
-_REDIS_ADDRESS_SETTINGS = {
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
-    "REDIS_SENTINELS": "",
-}
 
 # Values that mean "nobody chose a secret yet". Checked case-insensitively.
 _PLACEHOLDERS = frozenset(
@@ -396,7 +388,8 @@ def _redis_target(
     )
 
 
-def _configured(env: Mapping[str, str], defaults: Mapping[str, str]) -> bool:
+def _configured(env: Mapping[str, str], **defaults: str) -> bool:
+    """Whether any of these settings is set to something other than its default address."""
     return any(env.get(name, "").strip() not in ("", default) for name, default in defaults.items())
 
 
@@ -506,8 +499,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "LOCAL_SERVICES", "auto" if app_env == "development" else "never", LOCAL_SERVICES
         ),
         local_services_dir=env.get("LOCAL_SERVICES_DIR", "").strip() or base.local_services_dir,
-        pg_address_configured=_configured(env, _PG_ADDRESS_SETTINGS),
-        redis_address_configured=_configured(env, _REDIS_ADDRESS_SETTINGS),
+        # Set to anything but the default address, `make run` never starts a private one.
+        pg_address_configured=_configured(
+            env, PG_HOST=base.pg_host, PG_PORT=str(base.pg_port), PG_SUPERUSER_URL=""
+        ),
+        redis_address_configured=_configured(
+            env,
+            REDIS_URL=base.redis_url,
+            CELERY_BROKER_URL=base.celery_broker_url,
+            REDIS_SENTINELS="",
+        ),
     )
     _validate(settings)
     return settings

@@ -4,19 +4,15 @@ run's on the same machine, and a test can stop it without harming anybody else."
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import redis
 
+from cli.ports import free_port
 from tests.helpers import wait_for
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["RedisServer", "free_port"]
 
 
 class RedisServer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,6 +17,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, create_engine, pool, text
 
+from cli.ports import free_port
 from cli.run import main as run_main
 from common.settings import Settings, load_settings
 from db.cli import (
@@ -400,12 +400,6 @@ def environ(monkeypatch: pytest.MonkeyPatch, stack_env: dict[str, str]) -> Calla
     return apply
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_cli_help_names_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
@@ -418,7 +412,7 @@ def test_cli_help_names_the_subcommands(capsys: pytest.CaptureFixture[str]) -> N
 def test_cli_says_in_one_line_that_postgres_is_down_without_secrets(
     environ: Callable[..., None], capsys: pytest.CaptureFixture[str], subcommand: str
 ) -> None:
-    port = _closed_port()
+    port = free_port()
     environ(
         PG_PORT=str(port),
         PG_ADMIN_PASSWORD="admin-pw-never-printed",
